@@ -1,0 +1,38 @@
+# One-command set-up: every target creates the virtual environment it needs.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv run test test-all lint bench clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch pinned to the CPU build for this project's machines (the package itself accepts >=2.2).
+	$(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q -e ".[dev,bench]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## The main job on the built-in default.
+run: $(STAMP)
+	$(VENV)/bin/esper-es simulate --db runs/simulated.db --seeds 64 --events 20000 --seed 0
+	$(VENV)/bin/esper-es verify runs/simulated.db
+
+## Lint, types and the fast test suite (what CI runs).
+test: $(STAMP)
+	$(PY) -m ruff check esper_es tests bench
+	$(PY) -m ruff format --check esper_es tests bench
+	$(PY) -m mypy
+	$(PY) -m pytest -q -n 2
+
+## Everything, slow checks included.
+test-all: $(STAMP)
+	$(PY) -m pytest -q -n 2 -m "slow or not slow"
+
+bench: $(STAMP)
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,3 @@
+"""esper-es: event-sourced morphogenetic training for PyTorch."""
+
+__version__ = "0.1.0"

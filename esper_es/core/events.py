@@ -1,0 +1,308 @@
+"""Domain events: small frozen attrs classes named for what happened, with a type registry.
+
+Each event class declares its `TYPE`, its current schema `VERSION` and the stream it belongs
+to. Payloads are plain JSON objects; `schemas/<TYPE>.v<VERSION>.json` describes each one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, TypeVar
+
+import attrs
+import cattrs
+
+from esper_es.core.ids import CONTROLLER_STREAM, RUN_STREAM, layer_stream, seed_stream
+
+
+class Event:
+    """Base of every domain event."""
+
+    TYPE: ClassVar[str]
+    VERSION: ClassVar[int] = 1
+
+    def stream(self) -> str:
+        """The stream this event is appended to."""
+        raise NotImplementedError
+
+
+EVENT_TYPES: dict[str, type[Event]] = {}
+E = TypeVar("E", bound=type[Event])
+
+
+def event_type(version: int = 1) -> Callable[[E], E]:
+    """Register an event class under its class name at schema `version`."""
+
+    def register(cls: E) -> E:
+        cls.TYPE = cls.__name__
+        cls.VERSION = version
+        if cls.TYPE in EVENT_TYPES:
+            raise ValueError(f"event type {cls.TYPE} registered twice")
+        EVENT_TYPES[cls.TYPE] = cls
+        return cls
+
+    return register
+
+
+def frozen(cls: type) -> type:
+    """Events are frozen, slotted and keyword-only."""
+    return attrs.frozen(slots=True, kw_only=True)(cls)
+
+
+class SeedEvent(Event):
+    """An event on one seed's stream."""
+
+    seed: str
+    step: int
+
+    def stream(self) -> str:
+        """`seed:<layer>/<index>`."""
+        return seed_stream(self.seed)
+
+
+class RunEvent(Event):
+    """An event on the run stream."""
+
+    def stream(self) -> str:
+        """`run`."""
+        return RUN_STREAM
+
+
+class ControllerEvent(Event):
+    """An event on the controller stream: decisions, plans and refusals."""
+
+    def stream(self) -> str:
+        """`controller`."""
+        return CONTROLLER_STREAM
+
+
+# --- run and layers -------------------------------------------------------------------
+
+
+@event_type(1)
+@frozen
+class RunStarted(RunEvent):
+    """A run began; records what replay needs to reproduce it (SPEC §5)."""
+
+    run_id: str
+    master_seed: int
+    config: dict[str, Any]
+    dataset_fingerprint: str | None = None
+    environment: dict[str, Any] = attrs.field(factory=dict)
+    step: int = 0
+
+
+@event_type(1)
+@frozen
+class SeedLayerRegistered(Event):
+    """A seed layer was placed in the host with `num_seeds` dormant slots."""
+
+    layer: str
+    shape_kind: str
+    channels: int
+    num_seeds: int
+    blueprints: list[str]
+    step: int = 0
+
+    def stream(self) -> str:
+        """`layer:<name>`."""
+        return layer_stream(self.layer)
+
+
+# --- the seed lifecycle ---------------------------------------------------------------
+
+
+@event_type(2)
+@frozen
+class SeedGerminated(SeedEvent):
+    """A kernel was loaded into a dormant seed (alpha 0)."""
+
+    seed: str
+    step: int
+    layer: str
+    blueprint: str
+    kernel_id: str
+    init_seed: int
+    blend_target: float
+
+
+@event_type(1)
+@frozen
+class SeedTrainingStarted(SeedEvent):
+    """The seed began learning in isolation."""
+
+    seed: str
+    step: int
+
+
+@event_type(1)
+@frozen
+class SeedCancelled(SeedEvent):
+    """A germinated or training seed was abandoned; its kernel is freed."""
+
+    seed: str
+    step: int
+    reason: str = ""
+
+
+@event_type(1)
+@frozen
+class SeedGraftingStarted(SeedEvent):
+    """The seed began blending into the host; its alpha now ramps."""
+
+    seed: str
+    step: int
+    improvement: float
+
+
+@event_type(1)
+@frozen
+class SeedStabilized(SeedEvent):
+    """The seed's alpha reached its target."""
+
+    seed: str
+    step: int
+    alpha: float
+
+
+@event_type(1)
+@frozen
+class SeedEvaluationStarted(SeedEvent):
+    """The seed's counterfactual contribution is being measured."""
+
+    seed: str
+    step: int
+
+
+@event_type(1)
+@frozen
+class SeedFineTuningStarted(SeedEvent):
+    """The seed contributed enough and is fine-tuned with the host."""
+
+    seed: str
+    step: int
+    contribution: float
+
+
+@event_type(1)
+@frozen
+class SeedFossilized(SeedEvent):
+    """The seed is kept for good; its alpha is frozen."""
+
+    seed: str
+    step: int
+    contribution: float
+    instability: float
+
+
+@event_type(1)
+@frozen
+class SeedCulled(SeedEvent):
+    """The seed was removed; its kernel and optimizer state are freed."""
+
+    seed: str
+    step: int
+    reason: str = ""
+
+
+@event_type(1)
+@frozen
+class SeedRolledBack(SeedEvent):
+    """The seed's grafting was undone; its kernel is freed."""
+
+    seed: str
+    step: int
+    reason: str = ""
+
+
+@event_type(1)
+@frozen
+class SeedEmbargoed(SeedEvent):
+    """The slot is closed to germination until `until_step`."""
+
+    seed: str
+    step: int
+    until_step: int
+
+
+@event_type(1)
+@frozen
+class SeedReleased(SeedEvent):
+    """The embargo ended; the slot is dormant again."""
+
+    seed: str
+    step: int
+
+
+@event_type(1)
+@frozen
+class BlendAdjusted(SeedEvent):
+    """The seed's blend factor changed."""
+
+    seed: str
+    step: int
+    alpha: float
+
+
+@event_type(1)
+@frozen
+class BlendTargetSet(SeedEvent):
+    """The seed's blend target changed."""
+
+    seed: str
+    step: int
+    target: float
+
+
+# --- the controller -------------------------------------------------------------------
+
+
+@event_type(1)
+@frozen
+class CommandRefused(ControllerEvent):
+    """A command was refused by the lifecycle; recorded, never forced."""
+
+    command_id: str
+    command: str
+    seed: str
+    trigger: str
+    stage: str
+    reason: str
+    step: int
+
+
+#: Lifecycle trigger -> the event that records it.
+TRIGGER_EVENTS: Mapping[str, type[SeedEvent]] = {
+    "germinate": SeedGerminated,
+    "start_training": SeedTrainingStarted,
+    "cancel": SeedCancelled,
+    "start_grafting": SeedGraftingStarted,
+    "stabilize": SeedStabilized,
+    "evaluate": SeedEvaluationStarted,
+    "fine_tune": SeedFineTuningStarted,
+    "fossilize": SeedFossilized,
+    "cull": SeedCulled,
+    "roll_back": SeedRolledBack,
+    "embargo": SeedEmbargoed,
+    "release": SeedReleased,
+    "adjust_blend": BlendAdjusted,
+    "set_blend_target": BlendTargetSet,
+}
+EVENT_TRIGGERS: Mapping[type[Event], str] = {cls: t for t, cls in TRIGGER_EVENTS.items()}
+
+_converter = cattrs.Converter(forbid_extra_keys=True)
+
+
+def to_payload(event: Event) -> dict[str, Any]:
+    """The event's JSON payload (a plain dict)."""
+    payload: dict[str, Any] = _converter.unstructure(event)
+    return payload
+
+
+def from_payload(type_name: str, payload: Mapping[str, Any]) -> Event:
+    """Build the current-version event of `type_name` from an (upcast) payload."""
+    cls = EVENT_TYPES.get(type_name)
+    if cls is None:
+        raise KeyError(f"unknown event type {type_name!r}; known: {', '.join(sorted(EVENT_TYPES))}")
+    event: Event = _converter.structure(dict(payload), cls)
+    return event

@@ -1,0 +1,38 @@
+"""Stream names and deterministic ids, so a retried command is idempotent and replay is exact."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import uuid
+
+RUN_STREAM = "run"
+CONTROLLER_STREAM = "controller"
+
+
+def seed_stream(seed: str) -> str:
+    """The stream of one seed, e.g. `seed:layer1/0`."""
+    return f"seed:{seed}"
+
+
+def layer_stream(layer: str) -> str:
+    """The stream of one seed layer, e.g. `layer:layer1`."""
+    return f"layer:{layer}"
+
+
+def event_id(command_id: str, index: int) -> str:
+    """The id of the `index`-th event a command produced: same command, same ids."""
+    return f"{command_id}/{index}"
+
+
+def new_id(rng: random.Random | None = None) -> str:
+    """A fresh UUID; drawn from `rng` when given, so a seeded run gets the same ids."""
+    if rng is None:
+        return str(uuid.uuid4())
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
+def kernel_id(blueprint: str, version: int, config_json: str, shapes: str, init_seed: int) -> str:
+    """Content hash naming a kernel: blueprint, version, config, shapes and init seed."""
+    text = f"{blueprint}\0{version}\0{config_json}\0{shapes}\0{init_seed}"
+    return "k-" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]

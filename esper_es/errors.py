@@ -1,0 +1,144 @@
+"""Typed errors. Each carries what a user needs to act, and the CLI exit code (SPEC §8)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_VERIFY = 3
+EXIT_ENVIRONMENT = 4
+EXIT_LOCKED = 5
+
+
+class EsperError(Exception):
+    """Base of every error esper-es raises on purpose."""
+
+    exit_code: int = EXIT_ERROR
+
+
+class ConfigError(EsperError):
+    """A run config is malformed: an unknown key, a wrong type or an out-of-range value."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key = key
+        self.problem = problem
+        super().__init__(f"config key {key!r}: {problem}")
+
+
+class UnknownBlueprint(EsperError):
+    """A command names a blueprint that is not registered or does not fit the layer."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, name: str, known: Iterable[str], layer: str | None = None) -> None:
+        self.name = name
+        self.known = tuple(sorted(known))
+        self.layer = layer
+        where = f" for layer {layer!r}" if layer else ""
+        super().__init__(
+            f"unknown blueprint {name!r}{where}; known: {', '.join(self.known) or '(none)'}"
+        )
+
+
+class IllegalTransition(EsperError):
+    """A lifecycle command was refused: not a transition from this state, or its gate failed."""
+
+    def __init__(self, seed: str, state: str, trigger: str, reason: str = "") -> None:
+        self.seed = seed
+        self.state = state
+        self.trigger = trigger
+        self.reason = reason or f"no transition {trigger!r} from {state}"
+        super().__init__(f"seed {seed}: cannot {trigger} in state {state}: {self.reason}")
+
+
+class ConcurrencyError(EsperError):
+    """An append's expected stream version did not match, or an event id was reused."""
+
+    exit_code = EXIT_LOCKED
+
+    def __init__(self, stream: str, expected: int | None, actual: int | None, detail: str = ""):
+        self.stream = stream
+        self.expected = expected
+        self.actual = actual
+        msg = detail or (
+            f"stream {stream!r}: expected version {expected}, but it is at {actual}; "
+            "reload the stream and decide again"
+        )
+        super().__init__(msg)
+
+
+class DatabaseLocked(EsperError):
+    """Another writer holds the run database."""
+
+    exit_code = EXIT_LOCKED
+
+    def __init__(self, path: str, holder: str = "") -> None:
+        self.path = path
+        self.holder = holder
+        extra = f" (held by {holder})" if holder else ""
+        super().__init__(
+            f"run database {path} is open for writing by another process{extra}; "
+            "wait for it to finish, or open it read-only (verify, history, inspect)"
+        )
+
+
+class NotARunDatabase(EsperError):
+    """The file is not an esper-es run database, or has a format this version cannot read."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path} is not a usable esper-es run database: {reason}")
+
+
+class TamperDetected(EsperError):
+    """Verification found the log altered, truncated or corrupt; names the first bad seq."""
+
+    exit_code = EXIT_VERIFY
+
+    def __init__(self, seq: int | None, reason: str) -> None:
+        self.seq = seq
+        self.reason = reason
+        where = f"at seq {seq}" if seq is not None else "in the file"
+        super().__init__(f"verification failed {where}: {reason}")
+
+
+class SchemaViolation(EsperError):
+    """An event payload does not match its JSON Schema."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, event_type: str, version: int, problem: str) -> None:
+        self.event_type = event_type
+        self.version = version
+        self.problem = problem
+        super().__init__(f"{event_type} v{version} payload is invalid: {problem}")
+
+
+class EnvironmentMismatch(EsperError):
+    """The environment differs from the one recorded in RunStarted."""
+
+    exit_code = EXIT_ENVIRONMENT
+
+    def __init__(self, differences: Sequence[tuple[str, object, object]]) -> None:
+        self.differences = tuple(differences)
+        lines = "; ".join(f"{k}: recorded {a!r}, here {b!r}" for k, a, b in self.differences)
+        super().__init__(f"environment differs from the recorded run: {lines}")
+
+
+class InconsistentHistory(EsperError):
+    """Folding a log met an event that cannot follow the state before it."""
+
+    exit_code = EXIT_VERIFY
+
+    def __init__(self, stream: str, version: int, reason: str) -> None:
+        self.stream = stream
+        self.version = version
+        self.reason = reason
+        super().__init__(f"stream {stream!r} version {version}: {reason}")
