@@ -9,7 +9,7 @@ _ENCODER = json.JSONEncoder(
     ensure_ascii=False, allow_nan=False, sort_keys=True, separators=(",", ":")
 )
 # The C string encoder json itself uses; we call it directly on the hot path.
-encode_string = json.encoder.encode_basestring  # type: ignore[attr-defined]
+encode_string = json.encoder.encode_basestring
 
 
 def canonical_json(value: Any) -> str:

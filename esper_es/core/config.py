@@ -14,9 +14,7 @@ class LifecycleConfig:
     """Steps a seed must spend in TRAINING before `start_grafting`."""
     min_improvement: float = attrs.field(default=0.0, validator=v.instance_of(float))
     """The seed's own training loss must have improved by more than this (relative)."""
-    min_stabilization_steps: int = attrs.field(
-        default=10, validator=[v.instance_of(int), v.ge(0)]
-    )
+    min_stabilization_steps: int = attrs.field(default=10, validator=[v.instance_of(int), v.ge(0)])
     """Steps a seed must spend in STABILIZATION before `evaluate`."""
     contribution_threshold: float = attrs.field(default=0.0, validator=v.instance_of(float))
     """Counterfactual contribution needed for `fine_tune` and `fossilize`."""

@@ -62,7 +62,9 @@ def decide(state: Any, command: c.Command, context: Context | None = None) -> tu
 def _decide_seed(s: SeedState, cmd: c.SeedCommand, ctx: Context) -> tuple[ev.Event, ...]:
     trigger = cmd.TRIGGER
     if cmd.seed != s.seed:
-        raise IllegalTransition(cmd.seed, s.stage.value, trigger, f"state given is of seed {s.seed}")
+        raise IllegalTransition(
+            cmd.seed, s.stage.value, trigger, f"state given is of seed {s.seed}"
+        )
     if cmd.step < s.last_step:
         raise IllegalTransition(
             s.seed,
@@ -75,7 +77,9 @@ def _decide_seed(s: SeedState, cmd: c.SeedCommand, ctx: Context) -> tuple[ev.Eve
     if isinstance(cmd, c.GerminateSeed):
         target = ctx.config.default_blend_target if cmd.blend_target is None else cmd.blend_target
         if not (math.isfinite(target) and 0.0 <= target <= 1.0):
-            raise IllegalTransition(s.seed, s.stage.value, trigger, f"blend target {target!r} is outside [0, 1]")
+            raise IllegalTransition(
+                s.seed, s.stage.value, trigger, f"blend target {target!r} is outside [0, 1]"
+            )
         return (
             ev.SeedGerminated(
                 seed=s.seed,
@@ -92,7 +96,9 @@ def _decide_seed(s: SeedState, cmd: c.SeedCommand, ctx: Context) -> tuple[ev.Eve
     if isinstance(cmd, c.Stabilize):
         return (ev.SeedStabilized(seed=s.seed, step=step, alpha=s.alpha),)
     if isinstance(cmd, c.StartFineTuning):
-        return (ev.SeedFineTuningStarted(seed=s.seed, step=step, contribution=float(cmd.contribution)),)
+        return (
+            ev.SeedFineTuningStarted(seed=s.seed, step=step, contribution=float(cmd.contribution)),
+        )
     if isinstance(cmd, c.FossilizeSeed):
         return (
             ev.SeedFossilized(
@@ -105,7 +111,9 @@ def _decide_seed(s: SeedState, cmd: c.SeedCommand, ctx: Context) -> tuple[ev.Eve
     if isinstance(cmd, c.CancelSeed | c.CullSeed | c.RollBackSeed):
         return (ev.TRIGGER_EVENTS[trigger](seed=s.seed, step=step, reason=cmd.reason),)  # type: ignore[call-arg]
     if isinstance(cmd, c.EmbargoSeed):
-        return (ev.SeedEmbargoed(seed=s.seed, step=step, until_step=step + ctx.config.embargo_steps),)
+        return (
+            ev.SeedEmbargoed(seed=s.seed, step=step, until_step=step + ctx.config.embargo_steps),
+        )
     if isinstance(cmd, c.AdjustBlend):
         return (ev.BlendAdjusted(seed=s.seed, step=step, alpha=float(cmd.alpha)),)
     if isinstance(cmd, c.SetBlendTarget):
@@ -116,7 +124,9 @@ def _decide_seed(s: SeedState, cmd: c.SeedCommand, ctx: Context) -> tuple[ev.Eve
 
 def _decide_layer(s: LayerState | None, cmd: c.RegisterSeedLayer) -> tuple[ev.Event, ...]:
     def refuse(reason: str) -> IllegalTransition:
-        return IllegalTransition(cmd.layer, "REGISTERED" if s and s.version else "ABSENT", "register_layer", reason)
+        return IllegalTransition(
+            cmd.layer, "REGISTERED" if s and s.version else "ABSENT", "register_layer", reason
+        )
 
     if s is not None and s.version > 0:
         raise refuse("seed layer is already registered")
@@ -140,7 +150,9 @@ def _decide_layer(s: LayerState | None, cmd: c.RegisterSeedLayer) -> tuple[ev.Ev
 
 def _decide_run(s: RunState | None, cmd: c.StartRun) -> tuple[ev.Event, ...]:
     if s is not None and s.version > 0:
-        raise IllegalTransition("run", "STARTED", "start_run", f"run {s.run_id} has already started")
+        raise IllegalTransition(
+            "run", "STARTED", "start_run", f"run {s.run_id} has already started"
+        )
     return (
         ev.RunStarted(
             run_id=cmd.run_id,
@@ -200,7 +212,9 @@ def _embargoed(s: SeedState, e: ev.SeedEmbargoed) -> SeedState:
 
 def _released(s: SeedState, e: ev.SeedReleased) -> SeedState:
     _transition(s, e, "release")
-    return SeedState(s.seed, Stage.DORMANT, last_step=e.step, entered_step=e.step, version=s.version + 1)
+    return SeedState(
+        s.seed, Stage.DORMANT, last_step=e.step, entered_step=e.step, version=s.version + 1
+    )
 
 
 def _blend_adjusted(s: SeedState, e: ev.BlendAdjusted) -> SeedState:

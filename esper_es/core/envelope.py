@@ -23,7 +23,7 @@ class NewEvent:
 
 
 def stamp(command: Command, events: Iterable[Event]) -> tuple[NewEvent, ...]:
-    """Give a command's events deterministic ids, caused by the command, correlated to its decision."""
+    """Give a command's events deterministic ids, caused by it, correlated to its decision."""
     return tuple(
         NewEvent(e, event_id(command.command_id, i), command.command_id, command.correlation_id)
         for i, e in enumerate(events)

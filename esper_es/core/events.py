@@ -44,11 +44,6 @@ def event_type(version: int = 1) -> Callable[[E], E]:
     return register
 
 
-def frozen(cls: type) -> type:
-    """Events are frozen, slotted and keyword-only."""
-    return attrs.frozen(slots=True, kw_only=True)(cls)
-
-
 class SeedEvent(Event):
     """An event on one seed's stream."""
 
@@ -80,7 +75,7 @@ class ControllerEvent(Event):
 
 
 @event_type(1)
-@frozen
+@attrs.frozen(kw_only=True)
 class RunStarted(RunEvent):
     """A run began; records what replay needs to reproduce it (SPEC §5)."""
 
@@ -93,7 +88,7 @@ class RunStarted(RunEvent):
 
 
 @event_type(1)
-@frozen
+@attrs.frozen(kw_only=True)
 class SeedLayerRegistered(Event):
     """A seed layer was placed in the host with `num_seeds` dormant slots."""
 
@@ -113,7 +108,7 @@ class SeedLayerRegistered(Event):
 
 
 @event_type(2)
-@frozen
+@attrs.frozen(kw_only=True)
 class SeedGerminated(SeedEvent):
     """A kernel was loaded into a dormant seed (alpha 0)."""
 
@@ -127,7 +122,7 @@ class SeedGerminated(SeedEvent):
 
 
 @event_type(1)
-@frozen
+@attrs.frozen(kw_only=True)
 class SeedTrainingStarted(SeedEvent):
     """The seed began learning in isolation."""
 
@@ -136,7 +131,7 @@ class SeedTrainingStarted(SeedEvent):
 
 
 @event_type(1)
-@frozen
+@attrs.frozen(kw_only=True)
 class SeedCancelled(SeedEvent):
     """A germinated or training seed was abandoned; its kernel is freed."""
 
@@ -146,7 +141,7 @@ class SeedCancelled(SeedEvent):
 
 
 @event_type(1)
-@frozen
+@attrs.frozen(kw_only=True)
 class SeedGraftingStarted(SeedEvent):
     """The seed began blending into the host; its alpha now ramps."""
 
@@ -156,7 +151,7 @@ class SeedGraftingStarted(SeedEvent):
 
 
 @event_type(1)
-@frozen
+@attrs.frozen(kw_only=True)
 class SeedStabilized(SeedEvent):
     """The seed's alpha reached its target."""
 
@@ -166,7 +161,7 @@ class SeedStabilized(SeedEvent):
 
 
 @event_type(1)
-@frozen
+@attrs.frozen(kw_only=True)
 class SeedEvaluationStarted(SeedEvent):
     """The seed's counterfactual contribution is being measured."""
 
@@ -175,7 +170,7 @@ class SeedEvaluationStarted(SeedEvent):
 
 
 @event_type(1)
-@frozen
+@attrs.frozen(kw_only=True)
 class SeedFineTuningStarted(SeedEvent):
     """The seed contributed enough and is fine-tuned with the host."""
 
@@ -185,7 +180,7 @@ class SeedFineTuningStarted(SeedEvent):
 
 
 @event_type(1)
-@frozen
+@attrs.frozen(kw_only=True)
 class SeedFossilized(SeedEvent):
     """The seed is kept for good; its alpha is frozen."""
 
@@ -196,7 +191,7 @@ class SeedFossilized(SeedEvent):
 
 
 @event_type(1)
-@frozen
+@attrs.frozen(kw_only=True)
 class SeedCulled(SeedEvent):
     """The seed was removed; its kernel and optimizer state are freed."""
 
@@ -206,7 +201,7 @@ class SeedCulled(SeedEvent):
 
 
 @event_type(1)
-@frozen
+@attrs.frozen(kw_only=True)
 class SeedRolledBack(SeedEvent):
     """The seed's grafting was undone; its kernel is freed."""
 
@@ -216,7 +211,7 @@ class SeedRolledBack(SeedEvent):
 
 
 @event_type(1)
-@frozen
+@attrs.frozen(kw_only=True)
 class SeedEmbargoed(SeedEvent):
     """The slot is closed to germination until `until_step`."""
 
@@ -226,7 +221,7 @@ class SeedEmbargoed(SeedEvent):
 
 
 @event_type(1)
-@frozen
+@attrs.frozen(kw_only=True)
 class SeedReleased(SeedEvent):
     """The embargo ended; the slot is dormant again."""
 
@@ -235,7 +230,7 @@ class SeedReleased(SeedEvent):
 
 
 @event_type(1)
-@frozen
+@attrs.frozen(kw_only=True)
 class BlendAdjusted(SeedEvent):
     """The seed's blend factor changed."""
 
@@ -245,7 +240,7 @@ class BlendAdjusted(SeedEvent):
 
 
 @event_type(1)
-@frozen
+@attrs.frozen(kw_only=True)
 class BlendTargetSet(SeedEvent):
     """The seed's blend target changed."""
 
@@ -258,7 +253,7 @@ class BlendTargetSet(SeedEvent):
 
 
 @event_type(1)
-@frozen
+@attrs.frozen(kw_only=True)
 class CommandRefused(ControllerEvent):
     """A command was refused by the lifecycle; recorded, never forced."""
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from enum import Enum
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from esper_es.core.state import LayerState, SeedState
 
 
-class Stage(str, Enum):
+class Stage(StrEnum):
     """The 12 lifecycle states of a seed."""
 
     DORMANT = "DORMANT"
@@ -39,9 +39,6 @@ class Stage(str, Enum):
     CANCELLED = "CANCELLED"
     ROLLED_BACK = "ROLLED_BACK"
     EMBARGOED = "EMBARGOED"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 S = Stage
@@ -99,7 +96,9 @@ def gate_blueprint_fits(g: GateInput) -> str | None:
         return f"layer {g.layer.name!r} has seeds 0..{g.layer.num_seeds - 1}, not {index!r}"
     if g.command.blueprint not in g.layer.blueprints:
         known = ", ".join(sorted(g.layer.blueprints)) or "(none)"
-        return f"blueprint {g.command.blueprint!r} does not fit layer {g.layer.name!r}; fits: {known}"
+        return (
+            f"blueprint {g.command.blueprint!r} does not fit layer {g.layer.name!r}; fits: {known}"
+        )
     return None
 
 
@@ -110,7 +109,8 @@ def gate_training_done(g: GateInput) -> str | None:
         return f"{steps} steps in TRAINING, gate needs {need}"
     improvement = float(g.command.improvement)
     if not improvement > g.config.min_improvement:
-        return f"training signal improved by {improvement:.6g}, gate needs > {g.config.min_improvement:.6g}"
+        least = g.config.min_improvement
+        return f"training signal improved by {improvement:.6g}, gate needs > {least:.6g}"
     return None
 
 
@@ -196,9 +196,7 @@ TRANSITIONS: Final[tuple[TransitionSpec, ...]] = (
     ),
     TransitionSpec("embargo", (S.CULLED, S.CANCELLED, S.ROLLED_BACK), S.EMBARGOED),
     TransitionSpec("release", (S.EMBARGOED,), S.DORMANT, gate_embargo_elapsed),
-    TransitionSpec(
-        "adjust_blend", tuple(sorted(ADJUSTABLE_STAGES)), None, _unit_interval("alpha")
-    ),
+    TransitionSpec("adjust_blend", tuple(sorted(ADJUSTABLE_STAGES)), None, _unit_interval("alpha")),
     TransitionSpec(
         "set_blend_target",
         tuple(sorted(KERNEL_STAGES - TERMINAL_STAGES)),
@@ -277,7 +275,9 @@ def fire(
     """Run `trigger` on the shared machine for one seed; return the new stage or raise."""
     event = MACHINE.events.get(trigger)
     if event is None:
-        raise IllegalTransition(seed.seed, seed.stage.value, trigger, f"unknown trigger {trigger!r}")
+        raise IllegalTransition(
+            seed.seed, seed.stage.value, trigger, f"unknown trigger {trigger!r}"
+        )
     cursor = GateInput(seed, command, config, layer)
     try:
         moved = event.trigger(cursor)
@@ -287,7 +287,8 @@ def fire(
             seed.seed,
             seed.stage.value,
             trigger,
-            f"no transition {trigger!r} from {seed.stage.value}; allowed: {', '.join(allowed) or 'none'}",
+            f"no transition {trigger!r} from {seed.stage.value}; "
+            f"allowed: {', '.join(allowed) or 'none'}",
         ) from None
     if not moved:
         raise IllegalTransition(

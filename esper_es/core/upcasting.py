@@ -40,7 +40,8 @@ def upcast(type_name: str, version: int, payload: Payload) -> tuple[int, Payload
     target = current_version(type_name)
     if version > target:
         raise ValueError(
-            f"{type_name} v{version} is newer than this esper-es reads (v{target}); upgrade esper-es"
+            f"{type_name} v{version} is newer than this esper-es reads (v{target}); "
+            "upgrade esper-es"
         )
     while version < target:
         step = UPCASTERS.get((type_name, version))

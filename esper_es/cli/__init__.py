@@ -1,0 +1,1 @@
+"""The `esper-es` command line (SPEC §8)."""

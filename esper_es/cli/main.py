@@ -1,0 +1,303 @@
+"""`esper-es`: the command line (SPEC §8).
+
+Exit codes: 0 success · 1 error · 2 usage or invalid config · 3 verification failed ·
+4 environment mismatch · 5 run database locked or concurrency conflict · 130 interrupted.
+With `--json` exactly one JSON object goes to stdout, errors included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from esper_es import __version__
+from esper_es.errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, EsperError, TamperDetected
+
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(EsperError):
+    """A bad command line."""
+
+    exit_code = EXIT_USAGE
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _emit(args: argparse.Namespace, obj: dict[str, Any], text: Callable[[], None]) -> None:
+    if getattr(args, "json", False):
+        sys.stdout.write(json.dumps(obj, sort_keys=True, default=str) + "\n")
+    else:
+        text()
+
+
+def _run_fields(db: Any, branch: str, fingerprint: str | None = None) -> dict[str, Any]:
+    return {
+        "run_id": db.run_id,
+        "branch": branch,
+        "head_seq": db.head_seq(branch),
+        "fingerprint": fingerprint,
+    }
+
+
+# --- sub-commands ---------------------------------------------------------------------
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Check hash chain, gap-free sequence, schemas, stream versions."""
+    from esper_es.store.verify import verify
+
+    report = verify(args.db)
+    obj = {
+        "ok": True,
+        "run_id": report.run_id,
+        "branch": "main",
+        "head_seq": report.head_seq,
+        "head_hash": report.head_hash,
+        "fingerprint": None,
+        "events": report.events,
+        "streams": report.streams,
+        "branches": list(report.branches),
+        "blobs": report.blobs,
+        "audit_lines": report.audit_lines,
+    }
+    _emit(
+        args,
+        obj,
+        lambda: print(
+            f"OK  {args.db}: {report.events} events, {report.streams} streams, "
+            f"branches {', '.join(report.branches)}, {report.blobs} blobs; "
+            f"head seq {report.head_seq} hash {report.head_hash[:16]}…"
+        ),
+    )
+    return EXIT_OK
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    """The audit timeline, with causes."""
+    from esper_es.cli.history import summary, timeline
+    from esper_es.store.database import RunDatabase
+
+    with RunDatabase.open(args.db, readonly=True) as db:
+        branch = args.branch
+        db.branch(branch)
+        rows = list(
+            timeline(db, branch=branch, stream=args.stream, type_name=args.type, limit=args.limit)
+        )
+        obj = {**_run_fields(db, branch), "events": rows, "branches": _branches(db)}
+
+    def text() -> None:
+        for r in rows:
+            cause = f" ← {r['causation_id']}" if r["causation_id"] else ""
+            corr = f" [{r['correlation_id']}]" if r["correlation_id"] else ""
+            print(
+                f"{r['seq']:>7} step {r['step'] if r['step'] is not None else '-':>6}  "
+                f"{r['stream']:<22} {r['type']:<24} {summary(r)}{cause}{corr}"
+            )
+        print(f"-- {len(rows)} events on branch {branch}")
+
+    _emit(args, obj, text)
+    return EXIT_OK
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """Architecture, seed states and alphas at a point."""
+    from esper_es.cli.inspect import lifecycle_at
+    from esper_es.store.database import RunDatabase
+
+    with RunDatabase.open(args.db, readonly=True) as db:
+        db.branch(args.branch)
+        view = lifecycle_at(db, args.at, args.branch)
+        obj = {**_run_fields(db, args.branch, view["fingerprint"]), **view}
+
+    def text() -> None:
+        print(f"run {obj['run_id']}  branch {obj['branch']}  at seq {obj['at_seq']}")
+        for name, layer in obj["layers"].items():
+            print(f"layer {name} ({layer['shape_kind']}, {layer['channels']} channels)")
+            for s in layer["seeds"]:
+                kernel = f"{s['blueprint']} {s['kernel_id']}" if s["kernel_id"] else "-"
+                print(f"  {s['seed']:<16} {s['stage']:<14} alpha {s['alpha']:.4f}  {kernel}")
+        print("stages: " + ", ".join(f"{k} {v}" for k, v in obj["stages"].items()))
+
+    _emit(args, obj, text)
+    return EXIT_OK
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Drive the real command path with a synthetic controller."""
+    from esper_es.config import load_config
+    from esper_es.simulate import simulate
+
+    config = load_config(args.config)
+    if args.seeds < 1 or args.events < 0:
+        raise UsageError("--seeds must be at least 1 and --events at least 0")
+    progress = None if args.json or not sys.stderr.isatty() else _progress(args.events)
+    report = simulate(
+        args.db, seeds=args.seeds, events=args.events, seed=args.seed, config=config,
+        on_step=progress,
+    )  # fmt: skip
+    obj = {
+        "run_id": report.run_id,
+        "branch": "main",
+        "head_seq": report.events,
+        "fingerprint": None,
+        "db": report.path,
+        "steps": report.steps,
+        "events": report.events,
+        "commands": report.commands,
+        "refused": report.refused,
+        "stages": report.stages,
+        "interrupted": report.interrupted,
+    }
+    _emit(
+        args,
+        obj,
+        lambda: print(
+            f"simulated run {report.run_id}: {report.events} events over {report.steps} steps, "
+            f"{report.commands} commands ({report.refused} refused) -> {report.path}\n"
+            "seeds: " + ", ".join(f"{k} {v}" for k, v in sorted(report.stages.items()))
+        ),
+    )
+    return EXIT_INTERRUPTED if report.interrupted else EXIT_OK
+
+
+def _progress(total: int) -> Callable[[int, int], None]:
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    every = max(1, total // 20)
+    last = [0]
+
+    def show(step: int, head: int) -> None:
+        if head - last[0] >= every:
+            last[0] = head
+            console.print(f"step {step}: {head}/{total} events", highlight=False)
+
+    return show
+
+
+def cmd_check_lifecycle(args: argparse.Namespace) -> int:
+    """Property-test the lifecycle and the gates of a config."""
+    from esper_es.check_lifecycle import check_lifecycle
+    from esper_es.config import load_config
+
+    config = load_config(args.config)
+    if args.examples < 1:
+        raise UsageError("--examples must be at least 1")
+    result = check_lifecycle(config.lifecycle, examples=args.examples, seed=args.seed)
+    obj = {
+        "passed": result.passed,
+        "examples": result.examples,
+        "invariant": result.invariant,
+        "counterexample": result.counterexample,
+    }
+
+    def text() -> None:
+        if result.passed:
+            print(f"lifecycle invariants hold over {result.examples} random command sequences")
+        else:
+            print(f"invariant {result.invariant} FAILED; minimal counterexample:")
+            print(result.counterexample)
+
+    _emit(args, obj, text)
+    return EXIT_OK if result.passed else TamperDetected.exit_code
+
+
+def cmd_diagram(args: argparse.Namespace) -> int:
+    """The lifecycle as a state diagram, from the definition the code runs."""
+    from esper_es.diagram import lifecycle_diagram
+
+    sys.stdout.write(lifecycle_diagram(args.format).rstrip("\n") + "\n")
+    return EXIT_OK
+
+
+def _branches(db: Any) -> list[dict[str, Any]]:
+    return [{"name": b.name, "parent": b.parent, "fork_seq": b.fork_seq} for b in db.branches()]
+
+
+# --- parser ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every sub-command."""
+    p = _Parser(prog="esper-es", description="Event-sourced morphogenetic training.")
+    p.add_argument("--version", action="version", version=f"esper-es {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def add(name: str, fn: Callable[[argparse.Namespace], int], help_: str) -> _Parser:
+        sp: _Parser = sub.add_parser(name, help=help_, description=help_)
+        sp.set_defaults(func=fn)
+        sp.add_argument("--json", action="store_true", help="print exactly one JSON object")
+        return sp
+
+    sp = add("verify", cmd_verify, "check hash chain, gap-free sequence, schemas, stream versions")
+    sp.add_argument("db")
+    sp = add("history", cmd_history, "the audit timeline, with causes")
+    sp.add_argument("db")
+    sp.add_argument("--stream", help="only this stream, e.g. seed:layer1/0")
+    sp.add_argument("--type", help="only events of this type, e.g. SeedGerminated")
+    sp.add_argument("--branch", default="main")
+    sp.add_argument("--limit", type=int)
+    sp = add("inspect", cmd_inspect, "seed states, alphas and fingerprint at a point")
+    sp.add_argument("db")
+    sp.add_argument("--at", type=int, metavar="SEQ", help="state after this seq (default: head)")
+    sp.add_argument("--branch", default="main")
+    sp = add("simulate", cmd_simulate, "drive the real command path with a synthetic controller")
+    sp.add_argument("--db", required=True)
+    sp.add_argument("--seeds", type=int, default=64)
+    sp.add_argument("--events", type=int, default=10_000)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--config", help="TOML run config")
+    sp = add("check-lifecycle", cmd_check_lifecycle, "property-test the lifecycle of a config")
+    sp.add_argument("--config", help="TOML run config")
+    sp.add_argument("--examples", type=int, default=200)
+    sp.add_argument("--seed", type=int, help="derandomise with this seed")
+    sp = add("diagram", cmd_diagram, "the lifecycle as a state diagram")
+    sp.add_argument("--format", choices=("mermaid", "dot"), default="mermaid")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `esper-es` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    want_json = "--json" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.func(args))
+    except SystemExit as exc:  # --help and --version
+        return int(exc.code or 0)
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): not an error of ours; stay quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except KeyboardInterrupt:
+        _fail(want_json, "Interrupted", "interrupted", EXIT_INTERRUPTED, {})
+        return EXIT_INTERRUPTED
+    except EsperError as exc:
+        extra: dict[str, Any] = {}
+        if isinstance(exc, TamperDetected):
+            extra = {"ok": False, "first_bad_seq": exc.seq, "reason": exc.reason}
+        _fail(want_json, type(exc).__name__, str(exc), exc.exit_code, extra)
+        return exc.exit_code
+    except (OSError, KeyError, ValueError) as exc:
+        _fail(want_json, type(exc).__name__, str(exc), EXIT_ERROR, {})
+        return EXIT_ERROR
+
+
+def _fail(want_json: bool, kind: str, message: str, code: int, extra: dict[str, Any]) -> None:
+    print(f"esper-es: {message}", file=sys.stderr)
+    if want_json:
+        obj = {"error": kind, "message": message, "exit_code": code, **extra}
+        sys.stdout.write(json.dumps(obj, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
