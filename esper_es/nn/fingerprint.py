@@ -1,0 +1,119 @@
+"""Fingerprints (SPEC §7) of a model and an optimizer, and the architecture manifest.
+
+Model: `sha256:` + hex SHA-256 over the `state_dict()` entries in sorted key order, each
+contributing key (UTF-8), `\\0`, dtype name (`float32`), `\\0`, shape as comma-separated ints,
+`\\0`, the tensor's contiguous CPU little-endian bytes.
+
+Optimizer (same record format, over `optimizer.state_dict()`):
+1. one record with key `param_groups`, dtype `json`, empty shape, whose bytes are the
+   canonical JSON of the param groups (hyperparameters and the positional param ids; tensor
+   hyperparameters become numbers);
+2. then each state tensor as a record keyed `state/<param id>/<name>` in (param id, name)
+   order; a non-tensor state value is a `json` record of its canonical JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from esper_es.core.canonical import canonical_bytes
+from esper_es.nn.placement import find_seed_layers
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """`torch.float32` -> `float32`."""
+    return str(dtype).removeprefix("torch.")
+
+
+def tensor_bytes(t: Tensor) -> bytes:
+    """The tensor's contiguous CPU bytes, little-endian."""
+    flat = t.detach().to("cpu").contiguous().reshape(-1)
+    if sys.byteorder != "little" and flat.element_size() > 1:
+        # Reverse each element's bytes; the spec fixes little-endian whatever the machine.
+        raw = flat.view(torch.uint8).reshape(-1, flat.element_size()).flip(1)
+        return bytes(raw.contiguous().numpy().tobytes())
+    return bytes(flat.view(torch.uint8).numpy().tobytes())
+
+
+def _update(h: Any, key: str, dtype: str, shape: Iterable[int], data: bytes) -> None:
+    h.update(key.encode("utf-8"))
+    h.update(b"\0")
+    h.update(dtype.encode("utf-8"))
+    h.update(b"\0")
+    h.update(",".join(str(int(d)) for d in shape).encode("ascii"))
+    h.update(b"\0")
+    h.update(data)
+
+
+def _update_tensor(h: Any, key: str, t: Tensor) -> None:
+    _update(h, key, dtype_name(t.dtype), t.shape, tensor_bytes(t))
+
+
+def state_dict_fingerprint(state: Mapping[str, Any]) -> str:
+    """Fingerprint of a state dict (SPEC §7); every value must be a tensor."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        value = state[key]
+        if not isinstance(value, Tensor):
+            raise TypeError(f"state_dict entry {key!r} is a {type(value).__name__}, not a tensor")
+        _update_tensor(h, key, value)
+    return "sha256:" + h.hexdigest()
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """Fingerprint of `model.state_dict()` (SPEC §7)."""
+    return state_dict_fingerprint(model.state_dict())
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.tolist()
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return repr(value)
+
+
+def optimizer_fingerprint(optimizer: torch.optim.Optimizer) -> str:
+    """Fingerprint of an optimizer's hyperparameters and state (scheme in the module doc)."""
+    sd = optimizer.state_dict()
+    h = hashlib.sha256()
+    _update(h, "param_groups", "json", (), canonical_bytes(_jsonable(sd["param_groups"])))
+    state: Mapping[Any, Mapping[str, Any]] = sd["state"]
+    for pid in sorted(state, key=lambda p: (str(type(p)), p)):
+        for name in sorted(state[pid]):
+            value = state[pid][name]
+            key = f"state/{pid}/{name}"
+            if isinstance(value, Tensor):
+                _update_tensor(h, key, value)
+            else:
+                _update(h, key, "json", (), canonical_bytes(_jsonable(value)))
+    return "sha256:" + h.hexdigest()
+
+
+def architecture_manifest(model: nn.Module) -> dict[str, Any]:
+    """Per seed layer its shape and seeds (stage, kernel, alpha, target), plus the fingerprint."""
+    layers = {
+        name: {
+            "shape_kind": layer.shape_kind,
+            "channels": layer.channels,
+            "num_seeds": layer.num_seeds,
+            "blueprints": list(layer.blueprints),
+            "seeds": layer.summary(),
+        }
+        for name, layer in sorted(find_seed_layers(model).items())
+    }
+    return {
+        "fingerprint": model_fingerprint(model),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "layers": layers,
+    }

@@ -1,0 +1,187 @@
+"""The projector: applies the log's events to the live model and its optimizer, exactly once.
+
+Each event is first folded into the core state with `esper_es.core.decider.evolve` (so an
+event that cannot follow the seed's state is refused exactly as replay would refuse it), then
+the live seed slot is made to match the folded state: kernel loaded or freed (L4), stage,
+alpha and blend target copied. Events it does not project (run, controller, checkpoints) only
+advance its position.
+
+Optimizer bookkeeping: each germinated kernel gets its own param group, appended in seq order
+and tagged with `seed` and `kernel_id`; freeing a kernel deletes its group and its
+`optimizer.state` entries, so no reference to its parameters survives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from esper_es.core import events as ev
+from esper_es.core.decider import evolve, layer_of
+from esper_es.core.lifecycle import KERNEL_STAGES
+from esper_es.core.state import LayerState, SeedState
+from esper_es.errors import EsperError
+from esper_es.nn.errors import KernelMismatch, ProjectionError
+from esper_es.nn.kernels import Kernel, KernelSpec, build_kernel_from_spec, kernel_spec
+from esper_es.nn.placement import attach_seed_layer, find_seed_layers
+from esper_es.nn.seed_layer import SeedLayer
+
+
+class Projector:
+    """Applies `(seq, event)` pairs to a model (and optionally its optimizer) in order, once."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        kernel_specs: Mapping[str, KernelSpec] | None = None,
+        group_options: Mapping[str, Any] | None = None,
+        strict_kernel_ids: bool = True,
+        last_seq: int = 0,
+    ) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.kernel_specs = dict(kernel_specs or {})
+        self.group_options = dict(group_options or {})
+        self.strict_kernel_ids = strict_kernel_ids
+        self.last_seq = last_seq
+        self.layers: dict[str, SeedLayer] = find_seed_layers(model)
+        self.layer_states: dict[str, LayerState] = {}
+        self.seeds: dict[str, SeedState] = {}
+
+    # --- the entry points -----------------------------------------------------------------
+
+    def apply(self, seq: int, event: ev.Event) -> bool:
+        """Project one event; False if `seq` was already applied, ProjectionError on a gap."""
+        if seq <= self.last_seq:
+            return False
+        if seq != self.last_seq + 1:
+            raise ProjectionError(seq, f"expected seq {self.last_seq + 1} (a gap in the log)")
+        try:
+            self._project(event)
+        except EsperError:
+            raise
+        except (KeyError, ValueError, RuntimeError) as exc:
+            raise ProjectionError(seq, f"{type(event).__name__}: {exc}") from exc
+        self.last_seq = seq
+        return True
+
+    def apply_all(self, pairs: Iterable[tuple[int, ev.Event]]) -> int:
+        """Project every pair in order; returns how many were applied (not skipped)."""
+        return sum(1 for seq, event in pairs if self.apply(seq, event))
+
+    def seed_state(self, seed: str) -> SeedState:
+        """The folded state of `seed` (DORMANT if no event has touched it)."""
+        return self.seeds.get(seed) or SeedState.dormant(seed)
+
+    def param_group(self, seed: str) -> dict[str, Any] | None:
+        """The optimizer param group holding `seed`'s kernel, if any."""
+        if self.optimizer is None:
+            return None
+        for group in self.optimizer.param_groups:
+            if group.get("seed") == seed:
+                return group
+        return None
+
+    # --- projection -----------------------------------------------------------------------
+
+    def _project(self, event: ev.Event) -> None:
+        if isinstance(event, ev.SeedLayerRegistered):
+            self._register_layer(event)
+            return
+        if not isinstance(event, ev.SeedEvent):
+            return
+        layer = self._layer_for(event.seed)
+        index = layer.index_of(event.seed)
+        before = self.seed_state(event.seed)
+        after = evolve(before, event)
+        had, has = before.stage in KERNEL_STAGES, after.stage in KERNEL_STAGES
+        if isinstance(event, ev.SeedGerminated):
+            kernel = self._build(layer, event)
+            layer.set_stage(index, after.stage)
+            layer.set_kernel(index, kernel)
+            self._add_group(event.seed, kernel)
+        elif had and not has:
+            self._free(layer, index, event.seed)
+        layer.set_stage(index, after.stage)
+        layer.set_alpha(index, after.alpha)
+        layer.set_blend_target(index, after.blend_target)
+        self.seeds[event.seed] = after
+
+    def _register_layer(self, event: ev.SeedLayerRegistered) -> None:
+        state = evolve(self.layer_states.get(event.layer), event)
+        layer = self.layers.get(event.layer)
+        if layer is None:
+            layer = SeedLayer(
+                event.layer, event.shape_kind, event.channels, event.num_seeds, event.blueprints
+            )
+            attach_seed_layer(self.model, event.layer, layer)
+            self.layers[event.layer] = layer
+        elif (layer.shape_kind, layer.channels, layer.num_seeds) != (
+            event.shape_kind,
+            event.channels,
+            event.num_seeds,
+        ):
+            raise ValueError(
+                f"seed layer {event.layer!r} in the model is {layer.shape_kind}:{layer.channels} "
+                f"with {layer.num_seeds} seeds, the log registered {event.shape_kind}:"
+                f"{event.channels} with {event.num_seeds}"
+            )
+        self.layer_states[event.layer] = state
+
+    def _layer_for(self, seed: str) -> SeedLayer:
+        name = layer_of(seed)
+        layer = self.layers.get(name)
+        if layer is None:
+            raise KeyError(f"seed {seed!r} belongs to seed layer {name!r}, which is not placed")
+        return layer
+
+    def _build(self, layer: SeedLayer, event: ev.SeedGerminated) -> Kernel:
+        spec = self.kernel_specs.get(event.kernel_id)
+        if spec is None or (spec.shape_kind, spec.channels, spec.init_seed, spec.blueprint) != (
+            layer.shape_kind,
+            layer.channels,
+            event.init_seed,
+            event.blueprint,
+        ):
+            spec = kernel_spec(event.blueprint, layer.shape_kind, layer.channels, event.init_seed)
+            if spec.kernel_id != event.kernel_id and self.strict_kernel_ids:
+                raise KernelMismatch(event.seed, event.kernel_id, spec.kernel_id)
+        ref = next(iter(layer.buffers()))
+        dtype = _host_dtype(self.model)
+        return build_kernel_from_spec(spec, dtype=dtype, device=ref.device)
+
+    def _add_group(self, seed: str, kernel: Kernel) -> None:
+        if self.optimizer is None:
+            return
+        if self.param_group(seed) is not None:
+            raise RuntimeError(f"optimizer already has a param group for seed {seed}")
+        group: dict[str, Any] = {"params": list(kernel.parameters()), **self.group_options}
+        group.update(seed=seed, kernel_id=kernel.kernel_id)
+        self.optimizer.add_param_group(group)
+
+    def _free(self, layer: SeedLayer, index: int, seed: str) -> None:
+        layer.set_kernel(index, None)
+        if self.optimizer is None:
+            return
+        opt = self.optimizer
+        kept = []
+        for group in opt.param_groups:
+            if group.get("seed") == seed:
+                for p in group["params"]:
+                    opt.state.pop(p, None)
+                    p.grad = None
+            else:
+                kept.append(group)
+        opt.param_groups[:] = kept
+
+
+def _host_dtype(model: nn.Module) -> torch.dtype:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.get_default_dtype()

@@ -1,0 +1,275 @@
+"""The seed layer: N seed slots at one point of the host, the identity while nothing blends.
+
+Output = host activation + Σ alphaᵢ · kernelᵢ(host activation). A seed in TRAINING contributes
+nothing to the output but learns through `isolation.isolated`; a seed in a blending stage with
+alpha 0 is skipped, so with every alpha at 0 the layer returns its input tensor itself.
+
+Stages, alphas and blend targets are buffers, so the model's `state_dict` (and therefore its
+fingerprint, SPEC §7) covers them; Python mirrors of them drive `forward`, so a dormant layer
+costs one attribute test. Alphas are kept in float64 (the exact values the log records) even if
+the model is cast with `.half()`/`.float()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Final
+
+import torch
+from torch import Tensor, nn
+
+from esper_es.core.commands import RegisterSeedLayer
+from esper_es.core.lifecycle import BLENDING_STAGES, KERNEL_STAGES, Stage
+from esper_es.nn.blueprints import SHAPE_KINDS, fitting_blueprints
+from esper_es.nn.isolation import isolated
+from esper_es.nn.kernels import Kernel
+
+#: Stage <-> small integer code stored in the `stages` buffer (the enum's declaration order).
+STAGE_CODES: Final = {stage: code for code, stage in enumerate(Stage)}
+STAGES_BY_CODE: Final = tuple(Stage)
+
+#: One entry of the forward plan: seed index, kernel, alpha (None: isolated training).
+PlanEntry = tuple[int, Kernel, float | None]
+
+
+class SeedLayer(nn.Module):
+    """N seed slots on one activation of kind image (B,C,H,W), sequence (B,T,C) or vector (B,C)."""
+
+    alphas: Tensor
+    blend_targets: Tensor
+    stages: Tensor
+
+    def __init__(
+        self,
+        name: str,
+        shape_kind: str,
+        channels: int,
+        num_seeds: int,
+        blueprints: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__()
+        if shape_kind not in SHAPE_KINDS:
+            raise ValueError(f"shape kind {shape_kind!r} is not one of {', '.join(SHAPE_KINDS)}")
+        if channels < 1 or num_seeds < 1:
+            raise ValueError("channels and num_seeds must be at least 1")
+        self.name = name
+        self.shape_kind = shape_kind
+        self.channels = int(channels)
+        self.num_seeds = int(num_seeds)
+        if blueprints is None:
+            blueprints = fitting_blueprints(shape_kind, channels)
+        self.blueprints = tuple(sorted(set(blueprints)))
+        self.kernels = nn.ModuleDict()
+        self.register_buffer("alphas", torch.zeros(num_seeds, dtype=torch.float64))
+        self.register_buffer("blend_targets", torch.zeros(num_seeds, dtype=torch.float64))
+        self.register_buffer(
+            "stages", torch.full((num_seeds,), STAGE_CODES[Stage.DORMANT], dtype=torch.int8)
+        )
+        self._stage: list[Stage] = [Stage.DORMANT] * num_seeds
+        self._alpha: list[float] = [0.0] * num_seeds
+        self._target: list[float] = [0.0] * num_seeds
+        self._override: dict[int, float] = {}
+        self._plan: tuple[PlanEntry, ...] = ()
+        self.register_load_state_dict_post_hook(_after_load)  # type: ignore[no-untyped-call]
+
+    # --- slots ----------------------------------------------------------------------------
+
+    def seed_ids(self) -> tuple[str, ...]:
+        """Ids of this layer's seeds, `<layer>/<index>`."""
+        return tuple(f"{self.name}/{i}" for i in range(self.num_seeds))
+
+    def index_of(self, seed: str) -> int:
+        """Slot index of seed id `<layer>/<index>`; raises KeyError for another layer's seed."""
+        layer, _, index = seed.rpartition("/")
+        if layer != self.name or not index.isdigit() or int(index) >= self.num_seeds:
+            raise KeyError(f"seed {seed!r} is not a slot of seed layer {self.name!r}")
+        return int(index)
+
+    def stage(self, index: int) -> Stage:
+        """The stage of slot `index`."""
+        return self._stage[index]
+
+    def alpha(self, index: int) -> float:
+        """The blend factor of slot `index`."""
+        return self._alpha[index]
+
+    def blend_target(self, index: int) -> float:
+        """The alpha slot `index` ramps towards."""
+        return self._target[index]
+
+    def kernel(self, index: int) -> Kernel | None:
+        """The kernel slot `index` holds, if any."""
+        k = self.kernels._modules.get(str(index))
+        return k if isinstance(k, Kernel) else None
+
+    def set_kernel(self, index: int, kernel: Kernel | None) -> None:
+        """Load `kernel` into slot `index`, or free the slot's kernel with None."""
+        self._check_index(index)
+        key = str(index)
+        if kernel is None:
+            if key in self.kernels:
+                del self.kernels[key]
+        else:
+            if kernel.spec.shape_kind != self.shape_kind or kernel.spec.channels != self.channels:
+                raise ValueError(
+                    f"kernel for {kernel.spec.shape_kind}:{kernel.spec.channels} cannot sit in "
+                    f"seed layer {self.name!r} ({self.shape_kind}:{self.channels})"
+                )
+            self.kernels[key] = kernel
+        self._replan()
+
+    def set_stage(self, index: int, stage: Stage) -> None:
+        """Set slot `index`'s stage (the projector keeps it equal to the folded state)."""
+        self._check_index(index)
+        self._stage[index] = stage
+        self.stages[index] = STAGE_CODES[stage]
+        self._replan()
+
+    def set_alpha(self, index: int, alpha: float) -> None:
+        """Set slot `index`'s blend factor; L3 is enforced here too."""
+        self._check_index(index)
+        alpha = float(alpha)
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha {alpha!r} of {self.name}/{index} is outside [0, 1]")
+        if alpha != 0.0 and self._stage[index] not in BLENDING_STAGES:
+            raise ValueError(
+                f"alpha of {self.name}/{index} must be 0 in {self._stage[index].value} (L3)"
+            )
+        self._alpha[index] = alpha
+        self.alphas[index] = alpha
+        self._replan()
+
+    def set_blend_target(self, index: int, target: float) -> None:
+        """Set the alpha slot `index` ramps towards."""
+        self._check_index(index)
+        self._target[index] = float(target)
+        self.blend_targets[index] = float(target)
+
+    def _check_index(self, index: int) -> None:
+        if not 0 <= index < self.num_seeds:
+            raise IndexError(f"seed layer {self.name!r} has no slot {index}")
+
+    # --- forward --------------------------------------------------------------------------
+
+    def _replan(self) -> None:
+        plan: list[PlanEntry] = []
+        for i in range(self.num_seeds):
+            k = self.kernel(i)
+            if k is None:
+                continue
+            stage = self._stage[i]
+            if i in self._override:
+                alpha: float | None = self._override[i]
+            elif stage is Stage.TRAINING:
+                alpha = None
+            elif stage in BLENDING_STAGES:
+                alpha = self._alpha[i]
+            else:
+                continue  # GERMINATED: loaded, not yet learning
+            if alpha is not None and alpha == 0.0:
+                continue  # exactly nothing to add; skipping keeps the identity bit-exact
+            plan.append((i, k, alpha))
+        self._plan = tuple(plan)
+
+    @property
+    def active(self) -> bool:
+        """Whether any seed currently changes the forward or backward pass."""
+        return bool(self._plan)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x + Σ alphaᵢ · kernelᵢ(x); `x` itself when no seed is active."""
+        if not self._plan:
+            return x
+        return self.run_seeds(x)
+
+    def run_seeds(self, x: Tensor) -> Tensor:
+        """The seeds' part of `forward`, for a caller that already checked `active`."""
+        out = x
+        detached: Tensor | None = None
+        for _, kernel, alpha in self._plan:
+            if alpha is None:
+                # Isolated training adds nothing to the output; without autograd it is moot.
+                if not torch.is_grad_enabled():
+                    continue
+                if detached is None:
+                    detached = x.detach()
+                out = isolated(out, kernel(detached))
+            else:
+                out = out + alpha * kernel(x)
+        return out
+
+    @contextmanager
+    def override_alphas(self, alphas: dict[int, float]) -> Iterator[None]:
+        """Temporarily blend the given slots at the given alphas (no state or buffer changes)."""
+        for i in alphas:
+            self._check_index(i)
+        saved = self._override
+        self._override = {**saved, **{i: float(a) for i, a in alphas.items()}}
+        self._replan()
+        try:
+            yield
+        finally:
+            self._override = saved
+            self._replan()
+
+    # --- bookkeeping ----------------------------------------------------------------------
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Each slot as a JSON-able dict: seed, stage, kernel id, blueprint, alpha, target."""
+        rows = []
+        for i in range(self.num_seeds):
+            k = self.kernel(i)
+            rows.append(
+                {
+                    "seed": f"{self.name}/{i}",
+                    "stage": self._stage[i].value,
+                    "kernel_id": k.kernel_id if k is not None else None,
+                    "blueprint": k.blueprint if k is not None else None,
+                    "alpha": self._alpha[i],
+                    "blend_target": self._target[i],
+                }
+            )
+        return rows
+
+    def register_command(self, command_id: str, step: int = 0) -> RegisterSeedLayer:
+        """The command that records this layer's placement in the log."""
+        return RegisterSeedLayer(
+            command_id=command_id,
+            step=step,
+            layer=self.name,
+            shape_kind=self.shape_kind,
+            channels=self.channels,
+            num_seeds=self.num_seeds,
+            blueprints=self.blueprints,
+        )
+
+    def _apply(self, fn: Any, recurse: bool = True) -> SeedLayer:
+        super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
+        # Dtype casts (`.half()`, `.float()`) must not round the logged alphas.
+        for name, values in (("alphas", self._alpha), ("blend_targets", self._target)):
+            buf = self._buffers[name]
+            if buf is not None and buf.dtype != torch.float64:
+                self._buffers[name] = torch.tensor(values, dtype=torch.float64, device=buf.device)
+        return self
+
+    def extra_repr(self) -> str:
+        """Name, shape and a compact view of the slots."""
+        slots = ", ".join(f"{s.value}:{a:g}" for s, a in zip(self._stage, self._alpha, strict=True))
+        return f"name={self.name!r}, {self.shape_kind}:{self.channels}, seeds=[{slots}]"
+
+
+def _after_load(module: nn.Module, incompatible: Any) -> None:
+    """Refresh the Python mirrors from freshly loaded buffers, and check kernels match stages."""
+    assert isinstance(module, SeedLayer)
+    module._alpha = [float(a) for a in module.alphas.tolist()]
+    module._target = [float(t) for t in module.blend_targets.tolist()]
+    module._stage = [STAGES_BY_CODE[int(c)] for c in module.stages.tolist()]
+    for i, stage in enumerate(module._stage):
+        if (stage in KERNEL_STAGES) != (module.kernel(i) is not None):
+            raise RuntimeError(
+                f"loaded state puts {module.name}/{i} in {stage.value}, but the slot "
+                f"{'lacks' if stage in KERNEL_STAGES else 'holds'} a kernel; project the events "
+                "first so the architecture matches, then load the weights"
+            )
+    module._replan()

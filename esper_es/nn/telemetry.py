@@ -1,0 +1,160 @@
+"""Telemetry the lifecycle gates and the controller read, measured cheaply and without side effects.
+
+- **Seed's own training signal** (gate of `start_grafting`): the task loss of the model with
+  that one seed blended at full weight (alpha 1, every other seed as it is), tracked as an EMA
+  from the step its TRAINING began. `improvement = (first EMA - current EMA) / first EMA`.
+  The same batch's loss without the seed is tracked too, so `advantage = (without - with) /
+  without` separates the seed's own merit from the host getting better meanwhile.
+- **Gradient-norm ratio**: ‖grad of the seed's kernel‖ / ‖grad of the host's parameters‖, read
+  after a backward pass.
+- **Counterfactual contribution** (SPEC §2): metric with the seed at its alpha minus the metric
+  with that seed's alpha forced to 0.
+
+Every measurement runs under `torch.no_grad()` in eval mode with the global RNG forked, then
+restores the modules' train/eval flags: it changes no parameter, buffer, gradient or RNG stream.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import attrs
+import torch
+from torch import Tensor, nn
+
+from esper_es.nn.placement import find_seed_layers
+from esper_es.nn.seed_layer import SeedLayer
+
+#: metric(model, batch) -> a number; higher is better for contributions (e.g. accuracy, -loss).
+Metric = Callable[[nn.Module, Any], float]
+#: loss(model, batch) -> a scalar tensor or float; lower is better.
+LossFn = Callable[[nn.Module, Any], "Tensor | float"]
+
+
+@contextmanager
+def quiet_eval(model: nn.Module) -> Iterator[None]:
+    """No autograd, eval mode, forked RNG; train/eval flags restored on exit."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            model.eval()
+            yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _locate(model: nn.Module, seed: str) -> tuple[SeedLayer, int]:
+    layer_name = seed.rpartition("/")[0]
+    layer = find_seed_layers(model).get(layer_name)
+    if layer is None:
+        raise KeyError(f"no seed layer {layer_name!r} in the model")
+    return layer, layer.index_of(seed)
+
+
+def counterfactual_contribution(model: nn.Module, seed: str, batch: Any, metric: Metric) -> float:
+    """metric(seed at its alpha) - metric(seed's alpha forced to 0), side-effect free."""
+    layer, index = _locate(model, seed)
+    with quiet_eval(model):
+        with_seed = float(metric(model, batch))
+        with layer.override_alphas({index: 0.0}):
+            without = float(metric(model, batch))
+    return with_seed - without
+
+
+def seed_losses(model: nn.Module, seed: str, batch: Any, loss: LossFn) -> tuple[float, float]:
+    """(loss with `seed` at full weight, loss as the model stands), side-effect free."""
+    layer, index = _locate(model, seed)
+    if layer.kernel(index) is None:
+        raise ValueError(f"seed {seed} holds no kernel")
+    with quiet_eval(model):
+        without = float(loss(model, batch))
+        with layer.override_alphas({index: 1.0}):
+            with_seed = float(loss(model, batch))
+    return with_seed, without
+
+
+def _grad_sq(params: Iterator[nn.Parameter] | list[nn.Parameter]) -> float:
+    total = 0.0
+    for p in params:
+        if p.grad is not None:
+            total += float(p.grad.detach().double().pow(2).sum())
+    return total
+
+
+def grad_norm_ratios(model: nn.Module) -> dict[str, float]:
+    """Per seed holding a kernel: its gradient norm ÷ the host's (inf if the host's is 0)."""
+    kernel_params: dict[str, list[nn.Parameter]] = {}
+    for layer in find_seed_layers(model).values():
+        for i, seed in enumerate(layer.seed_ids()):
+            k = layer.kernel(i)
+            if k is not None:
+                kernel_params[seed] = list(k.parameters())
+    in_kernels = {id(p) for ps in kernel_params.values() for p in ps}
+    host = math.sqrt(_grad_sq([p for p in model.parameters() if id(p) not in in_kernels]))
+    ratios = {}
+    for seed, params in kernel_params.items():
+        own = math.sqrt(_grad_sq(params))
+        ratios[seed] = own / host if host > 0 else (0.0 if own == 0 else math.inf)
+    return ratios
+
+
+@attrs.define
+class SeedSignal:
+    """EMAs of one seed's own loss (full weight) and the loss without it, since TRAINING began."""
+
+    decay: float = 0.9
+    first: float | None = None
+    ema_with: float | None = None
+    ema_without: float | None = None
+    updates: int = 0
+
+    def update(self, with_seed: float, without: float) -> None:
+        """Fold one measurement into the EMAs; the first one also fixes the baseline."""
+        if self.ema_with is None or self.ema_without is None:
+            self.ema_with, self.ema_without, self.first = with_seed, without, with_seed
+        else:
+            d = self.decay
+            self.ema_with = d * self.ema_with + (1 - d) * with_seed
+            self.ema_without = d * self.ema_without + (1 - d) * without
+        self.updates += 1
+
+    @property
+    def improvement(self) -> float:
+        """(first EMA - current EMA) / first EMA of the seed's own loss; 0 before two updates."""
+        if self.first is None or self.ema_with is None or self.first == 0:
+            return 0.0
+        return (self.first - self.ema_with) / abs(self.first)
+
+    @property
+    def advantage(self) -> float:
+        """(EMA without - EMA with) / EMA without: how much the seed helps right now."""
+        if self.ema_with is None or not self.ema_without:
+            return 0.0
+        return (self.ema_without - self.ema_with) / abs(self.ema_without)
+
+
+@attrs.define
+class SeedTelemetry:
+    """Tracks every seed's own training signal; reset a seed when its TRAINING starts."""
+
+    decay: float = 0.9
+    signals: dict[str, SeedSignal] = attrs.field(factory=dict)
+
+    def reset(self, seed: str) -> None:
+        """Forget `seed`'s history (call on SeedTrainingStarted)."""
+        self.signals[seed] = SeedSignal(self.decay)
+
+    def observe(self, model: nn.Module, seed: str, batch: Any, loss: LossFn) -> SeedSignal:
+        """Measure `seed`'s losses on `batch` (see `seed_losses`) and fold them in."""
+        signal = self.signals.setdefault(seed, SeedSignal(self.decay))
+        signal.update(*seed_losses(model, seed, batch, loss))
+        return signal
+
+    def improvement(self, seed: str) -> float:
+        """The seed's relative improvement since its TRAINING began (0 if never observed)."""
+        s = self.signals.get(seed)
+        return s.improvement if s is not None else 0.0

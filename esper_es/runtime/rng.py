@@ -1,0 +1,182 @@
+"""Seeds and random-number state (SPEC §5): derived seeds, dedicated generators, digests.
+
+Every random draw that shapes a run comes from a `torch.Generator` seeded by `derive_seed`
+from the master seed and tags naming its purpose (a germination event, a data epoch), never
+from the global RNG, so adding a draw in one place cannot shift the stream of another.
+
+Derivation: SHA-256 of `esper-es/derive_seed/v1\\0` followed by the canonical JSON of
+`[master_seed, *tags]` (so `1` and `"1"` are different tags, and tags cannot run together);
+the first 8 bytes, big-endian, shifted right by one give a 63-bit non-negative seed, which
+every consumer (torch, numpy, `random`) accepts.
+
+Snapshots: `capture_rng_state` gives `{"format": 1, "torch_cpu": bytes, "python": bytes,
+"numpy": bytes, "generators": {name: bytes}}` (plus `"torch_cuda": [bytes, ...]` once CUDA is
+initialised); `encode_rng_state` turns that into one blob. `rng_digest` gives, per component,
+`sha256:` + the hex SHA-256 of exactly those bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import random
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from esper_es.core.canonical import canonical_bytes
+
+_SEED_DOMAIN = b"esper-es/derive_seed/v1\0"
+RNG_STATE_FORMAT = 1
+
+
+def derive_seed(master_seed: int, *tags: str | int) -> int:
+    """A 63-bit seed from the master seed and tags, by SHA-256 (scheme in the module doc)."""
+    if isinstance(master_seed, bool) or not isinstance(master_seed, int):
+        raise TypeError(f"master_seed must be an int, got {type(master_seed).__name__}")
+    for tag in tags:
+        if isinstance(tag, bool) or not isinstance(tag, int | str):
+            raise TypeError(f"seed tags must be int or str, got {type(tag).__name__}")
+    digest = hashlib.sha256(_SEED_DOMAIN + canonical_bytes([master_seed, *tags])).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def generator(master_seed: int, *tags: str | int) -> torch.Generator:
+    """A dedicated CPU generator seeded with `derive_seed(master_seed, *tags)`."""
+    g = torch.Generator(device="cpu")
+    g.manual_seed(derive_seed(master_seed, *tags))
+    return g
+
+
+def data_order(master_seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The order of `n` examples in `epoch`: a permutation from its own generator (int64)."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    return torch.randperm(n, generator=generator(master_seed, "data_order", epoch))
+
+
+def _generator_bytes(g: torch.Generator) -> bytes:
+    return bytes(g.get_state().numpy().tobytes())
+
+
+def _python_bytes() -> bytes:
+    version, internal, gauss_next = random.getstate()
+    # gauss_next is None or a finite float, which JSON round-trips exactly.
+    return canonical_bytes([version, list(internal), gauss_next])
+
+
+def _numpy_bytes() -> bytes:
+    state = np.random.get_state(legacy=False)
+    assert isinstance(state, dict)
+    return canonical_bytes(
+        {
+            "bit_generator": state["bit_generator"],
+            "key": [int(k) for k in state["state"]["key"]],
+            "pos": int(state["state"]["pos"]),
+            "has_gauss": int(state["has_gauss"]),
+            "gauss": float(state["gauss"]),
+        }
+    )
+
+
+def capture_rng_state(generators: Mapping[str, torch.Generator] | None = None) -> dict[str, Any]:
+    """Snapshot the global torch / `random` / numpy RNGs and `generators`, as bytes."""
+    state: dict[str, Any] = {
+        "format": RNG_STATE_FORMAT,
+        "torch_cpu": bytes(torch.get_rng_state().numpy().tobytes()),
+        "python": _python_bytes(),
+        "numpy": _numpy_bytes(),
+        "generators": {name: _generator_bytes(g) for name, g in sorted((generators or {}).items())},
+    }
+    if torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
+        state["torch_cuda"] = [bytes(s.numpy().tobytes()) for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def _byte_tensor(data: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def restore_rng_state(
+    state: Mapping[str, Any], generators: Mapping[str, torch.Generator] | None = None
+) -> None:
+    """Put the global RNGs and `generators` back to a `capture_rng_state` snapshot.
+
+    Each generator given must be in the snapshot; snapshot generators not given are left alone,
+    so a caller may restore only the global RNGs.
+    """
+    if state.get("format") != RNG_STATE_FORMAT:
+        raise ValueError(f"unknown RNG state format {state.get('format')!r}")
+    saved = state["generators"]
+    missing = sorted(set(generators or {}) - set(saved))
+    if missing:
+        raise KeyError(f"RNG snapshot has no state for generators {missing}")
+    torch.set_rng_state(_byte_tensor(state["torch_cpu"]))
+    version, internal, gauss_next = json.loads(state["python"])
+    random.setstate((version, tuple(internal), gauss_next))
+    np_state = json.loads(state["numpy"])
+    np.random.set_state(
+        {
+            "bit_generator": np_state["bit_generator"],
+            "state": {"key": np.array(np_state["key"], dtype=np.uint32), "pos": np_state["pos"]},
+            "has_gauss": np_state["has_gauss"],
+            "gauss": np_state["gauss"],
+        }
+    )
+    for name, g in (generators or {}).items():
+        g.set_state(_byte_tensor(saved[name]))
+    if "torch_cuda" in state:
+        torch.cuda.set_rng_state_all([_byte_tensor(s) for s in state["torch_cuda"]])
+
+
+def _sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def rng_digest(generators: Mapping[str, torch.Generator] | None = None) -> dict[str, str]:
+    """Digests of every RNG state for `Checkpointed`: `{component: "sha256:…"}`.
+
+    Keys: `torch_cpu`, `python`, `numpy`, `generator:<name>` per given generator, and
+    `torch_cuda:<i>` per device once CUDA is initialised.
+    """
+    state = capture_rng_state(generators)
+    out = {key: _sha(state[key]) for key in ("torch_cpu", "python", "numpy")}
+    out.update({f"generator:{n}": _sha(b) for n, b in state["generators"].items()})
+    for i, data in enumerate(state.get("torch_cuda", [])):
+        out[f"torch_cuda:{i}"] = _sha(data)
+    return out
+
+
+def encode_rng_state(state: Mapping[str, Any]) -> bytes:
+    """One canonical-JSON blob of a `capture_rng_state` snapshot (bytes as base64)."""
+
+    def enc(value: Any) -> Any:
+        if isinstance(value, bytes):
+            return {"b64": base64.b64encode(value).decode("ascii")}
+        if isinstance(value, Mapping):
+            return {k: enc(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [enc(v) for v in value]
+        return value
+
+    return canonical_bytes(enc(state))
+
+
+def decode_rng_state(blob: bytes) -> dict[str, Any]:
+    """The snapshot `encode_rng_state` wrote."""
+
+    def dec(value: Any) -> Any:
+        if isinstance(value, dict):
+            if set(value) == {"b64"}:
+                return base64.b64decode(value["b64"])
+            return {k: dec(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [dec(v) for v in value]
+        return value
+
+    result = dec(json.loads(blob))
+    assert isinstance(result, dict)
+    return result

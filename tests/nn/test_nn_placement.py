@@ -1,0 +1,119 @@
+"""Placing seed layers in unmodified hosts: wrapping, shape inference, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from esper_es.errors import EsperError, UnknownBlueprint
+from esper_es.nn import (
+    CharTransformer,
+    DigitsCNN,
+    Seeded,
+    SeedLayerSpec,
+    ShapeNotFitting,
+    UnknownModulePath,
+    VectorMLP,
+    find_seed_layers,
+    place_seed_layers,
+)
+
+
+def test_cnn_placement_infers_image_channels_and_keeps_keys_recognisable() -> None:
+    host = DigitsCNN(width=6, seed=0)
+    x = torch.randn(2, 1, 8, 8)
+    before = host(x)
+    keys = set(host.state_dict())
+    layers = place_seed_layers(host, {"layer1": SeedLayerSpec(num_seeds=2), "layer2": 1}, x)
+    assert {n: (sl.shape_kind, sl.channels, sl.num_seeds) for n, sl in layers.items()} == {
+        "layer1": ("image", 6, 2),
+        "layer2": ("image", 6, 1),
+    }
+    assert isinstance(host.layer1, Seeded) and host.layer1.seed_layer is layers["layer1"]
+    new_keys = set(host.state_dict())
+    assert {k.replace(".original.", ".") for k in new_keys if ".seed_layer." not in k} == keys
+    assert "layer1.seed_layer.alphas" in new_keys
+    assert torch.equal(host(x), before)
+    assert find_seed_layers(host) == layers
+
+
+def test_transformer_and_mlp_placement_including_nested_paths() -> None:
+    lm = CharTransformer(vocab_size=13, d_model=8, n_heads=2, seed=0)
+    idx = torch.randint(0, 13, (2, 7))
+    before = lm(idx)
+    layers = place_seed_layers(lm, {"blocks.0": 1, "blocks.0.mlp": 2, "blocks.1.attn": 1}, idx)
+    assert all(sl.shape_kind == "sequence" and sl.channels == 8 for sl in layers.values())
+    assert "attention" in layers["blocks.0"].blueprints
+    assert "conv3x3" not in layers["blocks.0"].blueprints
+    assert torch.equal(lm(idx), before)
+    mlp = VectorMLP(in_features=5, hidden=7, seed=0)
+    (layer,) = place_seed_layers(mlp, {"layer2": 1}, mlp.example_input()).values()
+    assert (layer.shape_kind, layer.channels) == ("vector", 7)
+
+
+def test_dry_run_leaves_rng_and_training_flags_alone() -> None:
+    host = DigitsCNN(seed=0)
+    host.train()
+    state = torch.random.get_rng_state()
+    place_seed_layers(host, {"layer1": 1}, host.example_input())
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert all(m.training for m in host.modules())
+
+
+def test_bad_path_lists_close_matches() -> None:
+    host = CharTransformer(seed=0)
+    with pytest.raises(UnknownModulePath) as info:
+        place_seed_layers(host, {"blocks.0.mpl": 1}, host.example_input())
+    err = info.value
+    assert isinstance(err, EsperError) and err.exit_code == 2
+    assert "blocks.0.mlp" in err.close and "did you mean" in str(err)
+    with pytest.raises(UnknownModulePath, match=r"available: .*layer1"):
+        place_seed_layers(DigitsCNN(), {"zzzzzzzz": 1}, torch.zeros(1, 1, 8, 8))
+    assert not find_seed_layers(host)  # nothing placed on error
+
+
+def test_shapes_no_blueprint_fits_give_clear_errors() -> None:
+    class Odd(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.volume = nn.Conv3d(1, 2, 1)
+            self.pair = nn.Identity()
+            self.unused = nn.Linear(2, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.pair(self.volume(x))
+
+    odd = Odd()
+    x = torch.zeros(1, 1, 2, 2, 2)
+    with pytest.raises(ShapeNotFitting, match=r"is not an image \(B,C,H,W\)") as info:
+        place_seed_layers(odd, {"volume": 1}, x)
+    assert info.value.exit_code == 2
+    with pytest.raises(ShapeNotFitting, match="not called"):
+        place_seed_layers(odd, {"unused": 1}, x)
+    host = VectorMLP(seed=0)
+    with pytest.raises(ShapeNotFitting, match="conv3x3"):
+        place_seed_layers(host, {"layer1": SeedLayerSpec(1, ("conv3x3",))}, host.example_input())
+    with pytest.raises(UnknownBlueprint):
+        place_seed_layers(host, {"layer1": SeedLayerSpec(1, ("nope",))}, host.example_input())
+    with pytest.raises(ShapeNotFitting, match="no registered blueprint fits"):
+        one = nn.Sequential(nn.Linear(3, 1), nn.Linear(1, 1))
+        place_seed_layers(one, {"0": SeedLayerSpec(1, ())}, torch.zeros(2, 3))
+
+
+def test_a_checkpoint_of_the_plain_host_still_loads() -> None:
+    plain = DigitsCNN(seed=3)
+    seeded = DigitsCNN(seed=4)
+    place_seed_layers(seeded, {"layer1": 1}, seeded.example_input())
+    result = seeded.load_state_dict(plain.state_dict(), strict=False)
+    assert not result.unexpected_keys
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.equal(seeded(x), plain(x))
+
+
+def test_a_path_takes_one_seed_layer() -> None:
+    host = DigitsCNN(seed=0)
+    place_seed_layers(host, {"layer1": 1}, host.example_input())
+    with pytest.raises(ShapeNotFitting, match="already holds"):
+        place_seed_layers(host, {"layer2": 1, "layer1": 1}, host.example_input())
+    assert list(find_seed_layers(host)) == ["layer1"]  # nothing half-done

@@ -1,0 +1,215 @@
+"""Seed layers: the identity while dormant (L7), isolation while training (L8), blending after."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from nn_support import Log, shape_for
+from torch import Tensor, nn
+
+from esper_es.core.lifecycle import Stage
+from esper_es.nn import (
+    CharTransformer,
+    DigitsCNN,
+    Projector,
+    SeedLayer,
+    VectorMLP,
+    build_kernel,
+    fitting_blueprints,
+    place_seed_layers,
+)
+
+HostCase = tuple[Callable[[int], nn.Module], tuple[str, ...], Callable[[torch.Generator], Tensor]]
+HOSTS: dict[str, HostCase] = {
+    "cnn": (
+        lambda s: DigitsCNN(seed=s),
+        ("stem", "layer1", "layer2"),
+        lambda g: torch.randn(3, 1, 8, 8, generator=g),
+    ),
+    "mlp": (
+        lambda s: VectorMLP(in_features=12, hidden=6, seed=s),
+        ("layer1", "layer2"),
+        lambda g: torch.randn(4, 12, generator=g),
+    ),
+    "transformer": (
+        lambda s: CharTransformer(vocab_size=11, d_model=8, n_heads=2, max_len=12, seed=s),
+        ("blocks.0", "blocks.1.mlp", "blocks.0.attn"),
+        lambda g: torch.randint(0, 11, (2, 9), generator=g),
+    ),
+}
+
+
+def bits(t: Tensor) -> bytes:
+    """Exact bytes, so -0.0 and +0.0 differ."""
+    return t.detach().contiguous().numpy().tobytes()
+
+
+def host_grads(model: nn.Module) -> dict[str, bytes]:
+    """Gradients of the host's own parameters, keyed by their pre-placement names."""
+    out = {}
+    for name, p in model.named_parameters():
+        if ".seed_layer." in name:
+            continue
+        key = name.replace(".original.", ".")
+        out[key] = bits(p.grad) if p.grad is not None else b"none"
+    return out
+
+
+def seeded_case(data: st.DataObject, stage: str) -> tuple[nn.Module, nn.Module, Tensor, Projector]:
+    """A host, its untouched twin, an input, and the host's projector after seeds reach `stage`."""
+    host_name = data.draw(st.sampled_from(sorted(HOSTS)), label="host")
+    make, paths, make_input = HOSTS[host_name]
+    host_seed = data.draw(st.integers(0, 2**16), label="host_seed")
+    plain = make(host_seed)
+    model = copy.deepcopy(plain)
+    chosen = data.draw(st.sets(st.sampled_from(paths), min_size=1), label="paths")
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16), label="input_seed"))
+    x = make_input(g)
+    layers = place_seed_layers(model, {p: 2 for p in sorted(chosen)}, x)
+    log = Log()
+    for layer in layers.values():
+        log.register(layer)
+        for seed in layer.seed_ids():
+            if not data.draw(st.booleans(), label=f"use {seed}"):
+                continue
+            bp = data.draw(st.sampled_from(layer.blueprints), label=f"bp {seed}")
+            log.germinate(seed, bp, init_seed=data.draw(st.integers(0, 2**63 - 1)))
+            if stage == "TRAINING":
+                log.walk(seed, "start_training")
+    proj = Projector(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    proj.apply_all(log.pairs())
+    return model, plain, x, proj
+
+
+def test_dormant_layer_returns_its_input_itself() -> None:
+    layer = SeedLayer("l", "image", 3, 4)
+    x = torch.randn(2, 3, 4, 4)
+    assert layer(x) is x
+    assert not layer.active
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.data(), stage=st.sampled_from(["GERMINATED", "TRAINING"]))
+def test_l7_germinating_leaves_outputs_bit_identical(data: st.DataObject, stage: str) -> None:
+    model, plain, x, _ = seeded_case(data, stage)
+    with torch.no_grad():
+        assert bits(model(x)) == bits(plain(x))
+    assert bits(model(x)) == bits(plain(x))  # with autograd on, training seeds run, add nothing
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.data())
+def test_l8_training_seeds_leave_host_outputs_and_gradients_bit_identical(
+    data: st.DataObject,
+) -> None:
+    model, plain, x, proj = seeded_case(data, "TRAINING")
+    target_g = torch.Generator().manual_seed(5)
+    outs = []
+    for m in (model, plain):
+        out = m(x)
+        outs.append(out)
+        weights = torch.randn(out.shape, generator=target_g)
+        target_g.manual_seed(5)
+        (out * weights).sum().backward()
+    assert bits(outs[0]) == bits(outs[1])
+    assert host_grads(model) == host_grads(plain)
+    # ... while every training kernel did receive a gradient from the task.
+    for layer in proj.layers.values():
+        for i in range(layer.num_seeds):
+            k = layer.kernel(i)
+            if k is not None:
+                assert all(p.grad is not None for p in k.parameters())
+
+
+signed_floats = st.floats(width=32, allow_nan=True, allow_infinity=True)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    values=st.lists(signed_floats, min_size=8, max_size=8),
+    blueprint=st.sampled_from(fitting_blueprints("vector", 4)),
+)
+def test_isolation_is_exact_for_signed_zeros_inf_and_nan(
+    values: list[float], blueprint: str
+) -> None:
+    layer = SeedLayer("l", "vector", 4, 1)
+    layer.set_stage(0, Stage.TRAINING)
+    layer.set_kernel(0, build_kernel(blueprint, "vector", 4, 1))
+    x = torch.tensor([*values, -0.0, 0.0, -0.0, 0.0], dtype=torch.float32).reshape(3, 4)
+    x.requires_grad_(True)
+    y = layer(x)
+    assert bits(y) == bits(x)
+    y.backward(torch.full_like(y, -0.0))
+    assert x.grad is not None and bits(x.grad) == bits(torch.full_like(x, -0.0))
+
+
+def test_isolation_tolerates_inplace_ops_and_a_nan_kernel() -> None:
+    class Nan(nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            return x * float("nan")
+
+    layer = SeedLayer("l", "vector", 4, 1)
+    kernel = build_kernel("mlp", "vector", 4, 1)
+    kernel.body = Nan()
+    layer.set_stage(0, Stage.TRAINING)
+    layer.set_kernel(0, kernel)
+    x = torch.randn(2, 4, requires_grad=True)
+    h = x * 2
+    y = layer(h)
+    expect = bits(h)
+    torch.relu_(y)  # a host with ReLU(inplace=True) after the seed point keeps working
+    assert bits(layer(h)) == expect
+
+
+@pytest.mark.parametrize("kind", ["image", "sequence", "vector"])
+def test_blending_adds_alpha_times_kernel_and_trains_the_host(kind: str) -> None:
+    layer = SeedLayer("l", kind, 4, 2)
+    k0, k1 = build_kernel("lora", kind, 4, 1), build_kernel("mlp", kind, 4, 2)
+    for i, (k, a) in enumerate(((k0, 0.25), (k1, 0.5))):
+        layer.set_stage(i, Stage.GRAFTING)
+        layer.set_kernel(i, k)
+        layer.set_alpha(i, a)
+    x = torch.randn(shape_for(kind, 4), requires_grad=True)
+    y = layer(x)
+    assert torch.equal(y, x + 0.25 * k0(x) + 0.5 * k1(x))
+    y.sum().backward()
+    assert x.grad is not None and not torch.equal(x.grad, torch.ones_like(x))
+    layer.set_alpha(0, 0.0)
+    layer.set_alpha(1, 0.0)
+    assert layer(x) is x  # alpha 0 in a blending stage is the identity too
+
+
+def test_alpha_rules_and_dtype_casts() -> None:
+    layer = SeedLayer("l", "vector", 3, 2)
+    with pytest.raises(ValueError, match="L3"):
+        layer.set_alpha(0, 0.5)  # DORMANT
+    layer.set_stage(0, Stage.GRAFTING)
+    layer.set_kernel(0, build_kernel("mlp", "vector", 3, 0))
+    with pytest.raises(ValueError, match="outside"):
+        layer.set_alpha(0, 1.5)
+    layer.set_alpha(0, 0.1)
+    layer.half()
+    assert layer.alphas.dtype == torch.float64 and float(layer.alphas[0]) == 0.1
+    assert layer.alpha(0) == 0.1
+
+
+def test_state_dict_round_trip_restores_stages_and_alphas() -> None:
+    a = SeedLayer("l", "vector", 3, 2)
+    a.set_stage(1, Stage.GRAFTING)
+    a.set_kernel(1, build_kernel("mlp", "vector", 3, 0))
+    a.set_alpha(1, 0.3)
+    b = SeedLayer("l", "vector", 3, 2)
+    b.set_stage(1, Stage.GRAFTING)
+    b.set_kernel(1, build_kernel("mlp", "vector", 3, 5))
+    b.load_state_dict(a.state_dict())
+    assert b.alpha(1) == 0.3 and b.stage(1) is Stage.GRAFTING
+    x = torch.randn(2, 3)
+    assert torch.equal(a(x), b(x))
+    c = SeedLayer("l", "vector", 3, 2)
+    with pytest.raises(RuntimeError, match="project the events first"):
+        c.load_state_dict(a.state_dict(), strict=False)
