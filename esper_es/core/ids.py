@@ -6,6 +6,8 @@ import hashlib
 import random
 import uuid
 
+from esper_es.core.canonical import canonical_bytes
+
 RUN_STREAM = "run"
 CONTROLLER_STREAM = "controller"
 
@@ -36,3 +38,17 @@ def kernel_id(blueprint: str, version: int, config_json: str, shapes: str, init_
     """Content hash naming a kernel: blueprint, version, config, shapes and init seed."""
     text = f"{blueprint}\0{version}\0{config_json}\0{shapes}\0{init_seed}"
     return "k-" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+_SEED_DOMAIN = b"esper-es/derive_seed/v1\0"
+
+
+def derive_seed(master_seed: int, *tags: str | int) -> int:
+    """A 63-bit seed from the master seed and tags, by SHA-256 (scheme in the module doc)."""
+    if isinstance(master_seed, bool) or not isinstance(master_seed, int):
+        raise TypeError(f"master_seed must be an int, got {type(master_seed).__name__}")
+    for tag in tags:
+        if isinstance(tag, bool) or not isinstance(tag, int | str):
+            raise TypeError(f"seed tags must be int or str, got {type(tag).__name__}")
+    digest = hashlib.sha256(_SEED_DOMAIN + canonical_bytes([master_seed, *tags])).digest()
+    return int.from_bytes(digest[:8], "big") >> 1

@@ -6,7 +6,6 @@ so a kernel is reproducible from its germination event alone and never perturbs 
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Mapping
 from typing import Any, Final
@@ -16,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from esper_es.core.canonical import canonical_json
-from esper_es.core.ids import kernel_id
+from esper_es.core.ids import derive_seed, kernel_id
 from esper_es.nn.blueprints import SHAPE_KINDS, get_blueprint
 from esper_es.nn.errors import ShapeNotFitting
 
@@ -27,8 +26,7 @@ OUT_SCALE: Final = 0.1
 
 def derive_init_seed(master_seed: int, key: str) -> int:
     """A 63-bit kernel init seed from the run's master seed and an event or seed id."""
-    digest = hashlib.sha256(f"{int(master_seed)}\0{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
+    return derive_seed(master_seed, "kernel", key)
 
 
 def shapes_key(shape_kind: str, channels: int) -> str:

@@ -28,20 +28,9 @@ import numpy as np
 import torch
 
 from esper_es.core.canonical import canonical_bytes
+from esper_es.core.ids import derive_seed
 
-_SEED_DOMAIN = b"esper-es/derive_seed/v1\0"
 RNG_STATE_FORMAT = 1
-
-
-def derive_seed(master_seed: int, *tags: str | int) -> int:
-    """A 63-bit seed from the master seed and tags, by SHA-256 (scheme in the module doc)."""
-    if isinstance(master_seed, bool) or not isinstance(master_seed, int):
-        raise TypeError(f"master_seed must be an int, got {type(master_seed).__name__}")
-    for tag in tags:
-        if isinstance(tag, bool) or not isinstance(tag, int | str):
-            raise TypeError(f"seed tags must be int or str, got {type(tag).__name__}")
-    digest = hashlib.sha256(_SEED_DOMAIN + canonical_bytes([master_seed, *tags])).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
 
 
 def generator(master_seed: int, *tags: str | int) -> torch.Generator:
