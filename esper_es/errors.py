@@ -142,3 +142,18 @@ class InconsistentHistory(EsperError):
         self.version = version
         self.reason = reason
         super().__init__(f"stream {stream!r} version {version}: {reason}")
+
+
+class UnsupportedSchemaVersion(EsperError):
+    """A stored event has a schema version newer than this esper-es can read."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, event_type: str, version: int, supported: int) -> None:
+        self.event_type = event_type
+        self.version = version
+        self.supported = supported
+        super().__init__(
+            f"{event_type} v{version} is newer than this esper-es reads (v{supported}); "
+            "upgrade esper-es to read this run database"
+        )

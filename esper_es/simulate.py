@@ -19,7 +19,7 @@ import attrs
 from esper_es.command_bus import CommandBus
 from esper_es.config import RunConfig
 from esper_es.core import commands as c
-from esper_es.core.ids import kernel_id, new_id
+from esper_es.core.ids import IdSource, kernel_id, new_id
 from esper_es.core.lifecycle import Stage
 from esper_es.core.state import LayerState, SeedState
 from esper_es.store.database import RunDatabase
@@ -55,9 +55,10 @@ class SyntheticController:
         self.cfg = config.simulate
         self.life = config.lifecycle
         self.rng = rng
+        self._ids = IdSource(rng)
 
     def _id(self) -> str:
-        return new_id(self.rng)
+        return self._ids()
 
     def commands_for_step(self, step: int) -> list[c.Command]:
         """This step's commands, in a deterministic order."""
@@ -223,15 +224,17 @@ def simulate(
             step += 1
             try:
                 outcomes = bus.execute_all(controller.commands_for_step(step))
+                n_commands += len(outcomes)
+                n_refused += sum(1 for o in outcomes if not o.accepted)
+                head = db.head()[0]
+                if on_step is not None:
+                    on_step(step, head)
             except KeyboardInterrupt:
-                # The step's transaction either committed whole or not at all.
+                # Ctrl-C may land anywhere in the step, the progress callback included; the
+                # step's transaction either committed whole or not at all.
                 interrupted = True
+                head = db.head()[0]
                 break
-            n_commands += len(outcomes)
-            n_refused += sum(1 for o in outcomes if not o.accepted)
-            head = db.head()[0]
-            if on_step is not None:
-                on_step(step, head)
         stages: dict[str, int] = {}
         for layer in bus.layers.values():
             for sid in layer.seed_ids():

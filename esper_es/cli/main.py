@@ -215,7 +215,9 @@ def cmd_diagram(args: argparse.Namespace) -> int:
     """The lifecycle as a state diagram, from the definition the code runs."""
     from esper_es.diagram import lifecycle_diagram
 
-    sys.stdout.write(lifecycle_diagram(args.format).rstrip("\n") + "\n")
+    text = lifecycle_diagram(args.format).rstrip("\n")
+    # `--json` promises one JSON object on stdout for every command, this one included.
+    _emit(args, {"format": args.format, "diagram": text}, lambda: print(text))
     return EXIT_OK
 
 

@@ -27,6 +27,30 @@ def event_id(command_id: str, index: int) -> str:
     return f"{command_id}/{index}"
 
 
+class IdSource:
+    """Ordered ids: a random prefix, then a counter, so ids sort in the order they were made.
+
+    Command ids become event ids, and the run database keeps a unique index on them. Random
+    (uuid4) ids scatter every insert across that index; ordered ones append at its right
+    edge, measured at +40 % appends a second (bench/b4_append.py). The prefix keeps ids
+    from different sources, runs and branches apart; drawn from `rng`, it is reproducible.
+    """
+
+    __slots__ = ("_count", "prefix")
+
+    def __init__(self, rng: random.Random | None = None, prefix: str | None = None) -> None:
+        if prefix is None:
+            bits = rng.getrandbits(40) if rng is not None else uuid.uuid4().int >> 88
+            prefix = f"{bits:010x}"
+        self.prefix = prefix
+        self._count = 0
+
+    def __call__(self) -> str:
+        """The next id."""
+        self._count += 1
+        return f"{self.prefix}-{self._count:010d}"
+
+
 def new_id(rng: random.Random | None = None) -> str:
     """A fresh UUID; drawn from `rng` when given, so a seeded run gets the same ids."""
     if rng is None:

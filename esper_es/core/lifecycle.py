@@ -108,7 +108,9 @@ def gate_training_done(g: GateInput) -> str | None:
     if steps < need:
         return f"{steps} steps in TRAINING, gate needs {need}"
     improvement = float(g.command.improvement)
-    if not improvement > g.config.min_improvement:
+    # A non-finite signal would pass `>` (inf) yet could not be recorded: canonical JSON
+    # refuses it, which would abort the whole step boundary's commit.
+    if not (math.isfinite(improvement) and improvement > g.config.min_improvement):
         least = g.config.min_improvement
         return f"training signal improved by {improvement:.6g}, gate needs > {least:.6g}"
     return None
@@ -132,7 +134,7 @@ def gate_stabilized(g: GateInput) -> str | None:
 def gate_contributes(g: GateInput) -> str | None:
     """Measured counterfactual contribution at or above the threshold."""
     c, need = float(g.command.contribution), g.config.contribution_threshold
-    if not c >= need:
+    if not (math.isfinite(c) and c >= need):
         return f"contribution {c:.6g} is below the threshold {need:.6g}"
     return None
 
@@ -143,7 +145,7 @@ def gate_fossilizable(g: GateInput) -> str | None:
     if refusal is not None:
         return refusal
     inst, most = float(g.command.instability), g.config.max_instability
-    if not inst <= most:
+    if not (math.isfinite(inst) and inst <= most):
         return f"instability {inst:.6g} exceeds {most:.6g}"
     return None
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from esper_es.core.events import EVENT_TYPES
+from esper_es.errors import UnsupportedSchemaVersion
 
 Payload = dict[str, Any]
 Upcaster = Callable[[Payload], Payload]
@@ -39,10 +40,7 @@ def upcast(type_name: str, version: int, payload: Payload) -> tuple[int, Payload
     """Lift `payload` from `version` to the current version; returns (version, payload)."""
     target = current_version(type_name)
     if version > target:
-        raise ValueError(
-            f"{type_name} v{version} is newer than this esper-es reads (v{target}); "
-            "upgrade esper-es"
-        )
+        raise UnsupportedSchemaVersion(type_name, version, target)
     while version < target:
         step = UPCASTERS.get((type_name, version))
         if step is None:

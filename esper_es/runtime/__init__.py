@@ -1,5 +1,6 @@
 """Determinism groundwork (SPEC §5): environment capture and checks, seeds and RNG, datasets."""
 
+from esper_es.core.ids import derive_seed
 from esper_es.runtime.data import (
     CharVocabulary,
     DigitsSplit,
@@ -26,7 +27,6 @@ from esper_es.runtime.rng import (
     capture_rng_state,
     data_order,
     decode_rng_state,
-    derive_seed,
     encode_rng_state,
     generator,
     restore_rng_state,

@@ -14,10 +14,6 @@ from esper_es.core.canonical import encode_string
 GENESIS = "0" * 64
 
 
-def _s(value: str | None) -> str:
-    return "null" if value is None else encode_string(value)
-
-
 def row_json(
     seq: int,
     event_id: str,
@@ -33,12 +29,16 @@ def row_json(
     recorded_at: str,
 ) -> str:
     """Canonical JSON of an event row's columns other than `prev_hash` and `hash`."""
+    # json's own C string encoder, called directly; None is JSON null.
+    enc = encode_string
     return (
-        f'{{"branch":{_s(branch)},"causation_id":{_s(causation_id)},'
-        f'"correlation_id":{_s(correlation_id)},"event_id":{_s(event_id)},'
-        f'"payload":{_s(payload)},"recorded_at":{_s(recorded_at)},"run_id":{_s(run_id)},'
-        f'"schema_version":{int(schema_version)},"seq":{int(seq)},"stream":{_s(stream)},'
-        f'"stream_version":{int(stream_version)},"type":{_s(type_name)}}}'
+        f'{{"branch":{enc(branch)},'
+        f'"causation_id":{"null" if causation_id is None else enc(causation_id)},'
+        f'"correlation_id":{"null" if correlation_id is None else enc(correlation_id)},'
+        f'"event_id":{enc(event_id)},"payload":{enc(payload)},'
+        f'"recorded_at":{enc(recorded_at)},"run_id":{enc(run_id)},'
+        f'"schema_version":{int(schema_version)},"seq":{int(seq)},"stream":{enc(stream)},'
+        f'"stream_version":{int(stream_version)},"type":{enc(type_name)}}}'
     )
 
 

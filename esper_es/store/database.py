@@ -12,10 +12,11 @@ import contextlib
 import datetime as dt
 import fcntl
 import hashlib
+import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import attrs
 import sqlite_utils
 
 from esper_es import __version__
-from esper_es.core.canonical import canonical_json, loads
+from esper_es.core.canonical import canonical_json, encode_string, loads
 from esper_es.core.envelope import NewEvent, RecordedEvent
 from esper_es.core.events import from_payload, to_payload
 from esper_es.core.upcasting import upcast
@@ -111,7 +112,9 @@ def check_run_database_file(path: Path) -> None:
     with path.open("rb") as fh:
         head = fh.read(len(_SQLITE_MAGIC))
     if head != _SQLITE_MAGIC:
-        if len(head) < len(_SQLITE_MAGIC) and path.stat().st_size > 0:
+        # Only a non-empty prefix of the magic is a cut SQLite file; any other short file
+        # (a one-line text file) is simply not a run database.
+        if head and len(head) < len(_SQLITE_MAGIC) and _SQLITE_MAGIC.startswith(head):
             raise TamperDetected(None, f"{path} is truncated to {path.stat().st_size} bytes")
         raise NotARunDatabase(str(path), "not an SQLite file")
 
@@ -145,7 +148,9 @@ class RunDatabase:
     # --- opening ----------------------------------------------------------------------
 
     @classmethod
-    def create(cls, path: str | os.PathLike[str], run_id: str, *, audit: bool = True) -> RunDatabase:
+    def create(
+        cls, path: str | os.PathLike[str], run_id: str, *, audit: bool = True
+    ) -> RunDatabase:
         """Create a new run database at `path` and open it for writing."""
         p = Path(path)
         if p.exists() and p.stat().st_size > 0:
@@ -153,56 +158,13 @@ class RunDatabase:
         p.parent.mkdir(parents=True, exist_ok=True)
         lock_fd = _take_writer_lock(p)
         try:
+            # Built beside the target and renamed into place once committed, so a crash during
+            # creation never leaves a file at `path` that is not a whole, empty run database.
+            staging = p.with_name(p.name + ".creating")
+            staging.unlink(missing_ok=True)
+            _initialise(staging, run_id)
+            os.replace(staging, p)
             conn = _connect(p)
-            db = sqlite_utils.Database(conn)
-            with _transaction(conn):
-                db["meta"].create({"key": str, "value": str}, pk="key")
-                conn.executemany(
-                    "INSERT INTO meta (key, value) VALUES (?, ?)",
-                    [
-                        ("format", FORMAT),
-                        ("format_version", str(FORMAT_VERSION)),
-                        ("run_id", run_id),
-                        ("created_at", now_iso()),
-                        ("created_by", f"esper-es {__version__}"),
-                    ],
-                )
-                db["events"].create(
-                    {
-                        "seq": int,
-                        "event_id": str,
-                        "run_id": str,
-                        "branch": str,
-                        "stream": str,
-                        "stream_version": int,
-                        "type": str,
-                        "schema_version": int,
-                        "payload": str,
-                        "causation_id": str,
-                        "correlation_id": str,
-                        "recorded_at": str,
-                        "prev_hash": str,
-                        "hash": str,
-                    },
-                    pk="seq",
-                    not_null={
-                        "event_id", "run_id", "branch", "stream", "stream_version", "type",
-                        "schema_version", "payload", "recorded_at", "prev_hash", "hash",
-                    },
-                )  # fmt: skip
-                db["events"].create_index(["event_id"], unique=True)
-                db["events"].create_index(["branch", "stream", "stream_version"], unique=True)
-                db["events"].create_index(["type"])
-                db["blobs"].create({"key": str, "size": int, "data": bytes}, pk="key")
-                db["branches"].create(
-                    {"name": str, "parent": str, "fork_seq": int, "created_seq": int}, pk="name"
-                )
-                conn.execute(
-                    "INSERT INTO branches (name, parent, fork_seq, created_seq) VALUES (?,?,?,?)",
-                    (MAIN, None, 0, 0),
-                )
-                for name, op, table, why in _TRIGGER_SPECS:
-                    conn.execute(_TRIGGER_SQL.format(name=name, op=op, table=table, why=why))
         except BaseException:
             _release_writer_lock(lock_fd)
             raise
@@ -216,6 +178,16 @@ class RunDatabase:
         """Open an existing run database, for writing (one writer at a time) or read-only."""
         p = Path(path)
         check_run_database_file(p)
+        if not readonly:
+            # Refuse a foreign file before touching it: a writer open switches it to WAL.
+            try:
+                probe = _connect(p, readonly=True)
+                try:
+                    _check_format(p, probe)
+                finally:
+                    probe.close()
+            except sqlite3.DatabaseError as exc:
+                raise TamperDetected(None, f"{p} is corrupt or truncated: {exc}") from None
         lock_fd = None if readonly else _take_writer_lock(p)
         try:
             conn = _connect(p, readonly=readonly)
@@ -233,7 +205,7 @@ class RunDatabase:
     def close(self) -> None:
         """Checkpoint the WAL into the main file, close, and release the writer lock."""
         with self._mutex:
-            if self._conn is None:  # type: ignore[comparison-overlap]
+            if self._conn is None:
                 return
             if not self.readonly:
                 with contextlib.suppress(sqlite3.Error):
@@ -305,7 +277,9 @@ class RunDatabase:
 
     def head(self) -> tuple[int, str]:
         """`(seq, hash)` of the last event in the file, `(0, GENESIS)` when empty."""
-        row = self._conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        row = self._conn.execute(
+            "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
         return (row[0], row[1]) if row else (0, GENESIS)
 
     def head_seq(self, branch: str | None = None) -> int:
@@ -365,12 +339,24 @@ class RunDatabase:
         """Append to several streams in one transaction: all of it, or none of it."""
         self._require_writer()
         self.branch(branch)
-        prepared = [(stream, expected, [_encode(e, stream) for e in evs]) for stream, expected, evs in batches]
+        prepared = [
+            (stream, expected, [_encode(e, stream) for e in evs])
+            for stream, expected, evs in batches
+        ]
         with self._mutex:
-            return self._append_locked(prepared, branch)
+            try:
+                return self._append_locked(prepared, branch, look_up_ids=False)
+            except (sqlite3.IntegrityError, ConcurrencyError):
+                # Optimistic path failed: an id is already stored (a retried command is then
+                # acknowledged), or versions moved. Decide again, looking every id up first.
+                return self._append_locked(prepared, branch, look_up_ids=True)
 
     def _append_locked(
-        self, prepared: list[tuple[str, int, list[tuple[NewEvent, str, int, str]]]], branch: str
+        self,
+        prepared: list[tuple[str, int, list[tuple[NewEvent, str, int, str]]]],
+        branch: str,
+        *,
+        look_up_ids: bool,
     ) -> list[AppendResult]:
         conn = self._conn
         recorded_at = now_iso()
@@ -378,8 +364,12 @@ class RunDatabase:
         results: list[AppendResult] = []
         new_versions: dict[str, int] = {}
         with _transaction(conn):
-            known = self._existing(
-                [enc[0].event_id for _, _, encs in prepared for enc in encs]
+            # The unique index on event_id refuses a stored id anyway; looking ids up first
+            # (~1.5 µs an event) is only needed to tell an acknowledgement from a conflict.
+            known = (
+                self._existing([enc[0].event_id for _, _, encs in prepared for enc in encs])
+                if look_up_ids
+                else {}
             )
             seq, prev = self.head()
             run_id = self.run_id
@@ -423,7 +413,8 @@ class RunDatabase:
             chunk = ids[i : i + _ID_CHUNK]
             marks = ",".join("?" * len(chunk))
             for row in self._conn.execute(
-                f"SELECT event_id, stream, type, payload, seq FROM events WHERE event_id IN ({marks})",
+                "SELECT event_id, stream, type, payload, seq FROM events"
+                f" WHERE event_id IN ({marks})",
                 chunk,
             ):
                 found[row[0]] = (row[1], row[2], row[3], row[4])
@@ -469,12 +460,13 @@ class RunDatabase:
     # --- blobs ------------------------------------------------------------------------
 
     def put_blob(self, data: bytes) -> str:
-        """Store `data` under its SHA-256 (hex) and return the key; stored once however often put."""
+        """Store `data` under its SHA-256 (hex), once however often put; return the key."""
         self._require_writer()
         key = hashlib.sha256(data).hexdigest()
         with self._mutex, _transaction(self._conn):
             self._conn.execute(
-                "INSERT OR IGNORE INTO blobs (key, size, data) VALUES (?,?,?)", (key, len(data), data)
+                "INSERT OR IGNORE INTO blobs (key, size, data) VALUES (?,?,?)",
+                (key, len(data), data),
             )
         return key
 
@@ -499,11 +491,20 @@ class RunDatabase:
             raise PermissionError(f"{self.path} is open read-only")
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"non-finite number {name} is not allowed in canonical JSON")
+
+
+# `canonical.loads` builds a JSONDecoder on every call (json.loads does, given any keyword);
+# one built once parses the same way, refusing the same constants, ~1 µs an event faster.
+_DECODE = json.JSONDecoder(parse_constant=_refuse_constant).decode
+
+
 def decode_row(row: Sequence[Any]) -> RecordedEvent:
     """A stored row as a RecordedEvent: payload parsed, upcast and checked against its schema."""
     (seq, eid, run_id, branch, stream, sv, type_name, version, payload_text,
      causation, correlation, recorded_at, prev_hash, h) = row  # fmt: skip
-    payload = loads(payload_text)
+    payload = _DECODE(payload_text) if type(payload_text) is str else loads(payload_text)
     current, payload = upcast(type_name, version, payload)
     try:
         schemas.validate(type_name, current, payload)
@@ -515,17 +516,38 @@ def decode_row(row: Sequence[Any]) -> RecordedEvent:
     )  # fmt: skip
 
 
+def _flat_encoder() -> Callable[[Any, int], Any] | None:
+    """json's C encoder, built once, canonical settings, without the circular-reference check.
+
+    `canonical_json` builds this encoder afresh (with a new markers dict) on every call: ~0.7 µs
+    of its ~1.5 µs. Skipping the markers is safe only for payloads that cannot hold a container,
+    i.e. already validated against a flat schema (`schemas.is_flat`).
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - CPython always has it
+        return None
+    enc = json.JSONEncoder(ensure_ascii=False, allow_nan=False, sort_keys=True)
+    return make(None, enc.default, encode_string, None, ":", ",", True, False, False)  # type: ignore[no-any-return]
+
+
+_FLAT_ENCODE = _flat_encoder()
+
+
 def _encode(ne: NewEvent, stream: str) -> tuple[NewEvent, str, int, str]:
     event = ne.event
     if event.stream() != stream:
         raise ValueError(f"{event.TYPE} belongs to stream {event.stream()!r}, not {stream!r}")
+    type_name, version = event.TYPE, event.VERSION
     payload = to_payload(event)
-    schemas.validate(event.TYPE, event.VERSION, payload)
+    schemas.validate(type_name, version, payload)
     try:
-        text = canonical_json(payload)
+        if _FLAT_ENCODE is not None and schemas.is_flat(type_name, version):
+            text = "".join(_FLAT_ENCODE(payload, 0))
+        else:
+            text = canonical_json(payload)
     except ValueError as exc:
-        raise SchemaViolation(event.TYPE, event.VERSION, str(exc)) from None
-    return ne, event.TYPE, event.VERSION, text
+        raise SchemaViolation(type_name, version, str(exc)) from None
+    return ne, type_name, version, text
 
 
 def _acknowledged(
@@ -562,6 +584,63 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("COMMIT")
 
 
+def _initialise(path: Path, run_id: str) -> None:
+    """Write an empty run database (schema, meta, `main` branch, triggers) at `path`."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA synchronous = FULL")
+        db = sqlite_utils.Database(conn)
+        with _transaction(conn):
+            db.table("meta").create({"key": str, "value": str}, pk="key")
+            conn.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?)",
+                [
+                    ("format", FORMAT),
+                    ("format_version", str(FORMAT_VERSION)),
+                    ("run_id", run_id),
+                    ("created_at", now_iso()),
+                    ("created_by", f"esper-es {__version__}"),
+                ],
+            )
+            db.table("events").create(
+                {
+                    "seq": int,
+                    "event_id": str,
+                    "run_id": str,
+                    "branch": str,
+                    "stream": str,
+                    "stream_version": int,
+                    "type": str,
+                    "schema_version": int,
+                    "payload": str,
+                    "causation_id": str,
+                    "correlation_id": str,
+                    "recorded_at": str,
+                    "prev_hash": str,
+                    "hash": str,
+                },
+                pk="seq",
+                not_null={
+                    "event_id", "run_id", "branch", "stream", "stream_version", "type",
+                    "schema_version", "payload", "recorded_at", "prev_hash", "hash",
+                },
+            )  # fmt: skip
+            db.table("events").create_index(["event_id"], unique=True)
+            db.table("events").create_index(["branch", "stream", "stream_version"], unique=True)
+            db.table("blobs").create({"key": str, "size": int, "data": bytes}, pk="key")
+            db.table("branches").create(
+                {"name": str, "parent": str, "fork_seq": int, "created_seq": int}, pk="name"
+            )
+            conn.execute(
+                "INSERT INTO branches (name, parent, fork_seq, created_seq) VALUES (?,?,?,?)",
+                (MAIN, None, 0, 0),
+            )
+            for name, op, table, why in _TRIGGER_SPECS:
+                conn.execute(_TRIGGER_SQL.format(name=name, op=op, table=table, why=why))
+    finally:
+        conn.close()
+
+
 def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     if readonly:
         conn = sqlite3.connect(
@@ -575,6 +654,12 @@ def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     if str(mode).lower() != "wal":
         raise sqlite3.DatabaseError(f"could not switch {path} to WAL (got {mode})")
     conn.execute("PRAGMA synchronous = FULL")
+    # Event ids are random, so each batch dirties index pages all over the unique event_id
+    # index. A bigger page cache and checkpointing every 64 MiB of WAL (not SQLite's 4 MiB)
+    # let a checkpoint write a page once for many batches: ~15 % more appends/s on disk (B4).
+    # Durability is unchanged; the WAL is truncated on close.
+    conn.execute("PRAGMA cache_size = -65536")
+    conn.execute("PRAGMA wal_autocheckpoint = 16384")
     return conn
 
 

@@ -19,10 +19,15 @@ import attrs
 
 from esper_es.core.canonical import canonical_json, loads
 from esper_es.core.decider import evolve
-from esper_es.core.events import from_payload
+from esper_es.core.events import EVENT_TYPES, from_payload
 from esper_es.core.state import SeedState
-from esper_es.core.upcasting import upcast
-from esper_es.errors import EsperError, SchemaViolation, TamperDetected
+from esper_es.core.upcasting import current_version, upcast
+from esper_es.errors import (
+    EsperError,
+    SchemaViolation,
+    TamperDetected,
+    UnsupportedSchemaVersion,
+)
 from esper_es.store import schemas
 from esper_es.store.chain import GENESIS, row_hash
 from esper_es.store.database import (
@@ -117,9 +122,11 @@ def _verify(db: RunDatabase) -> VerifyReport:
             raise TamperDetected(seq, f"payload is not valid JSON: {exc}") from None
         if canonical_json(data) != payload:
             raise TamperDetected(seq, "payload is not canonical JSON")
+        if type_name in EVENT_TYPES and version > current_version(type_name):
+            raise UnsupportedSchemaVersion(type_name, version, current_version(type_name))
         try:
             schemas.validate(type_name, version, data)
-            current, data = upcast(type_name, version, data)
+            _, data = upcast(type_name, version, data)
             event = from_payload(type_name, data)
         except (SchemaViolation, KeyError, LookupError, ValueError) as exc:
             raise TamperDetected(seq, f"{type_name} v{version}: {exc}") from None
@@ -135,7 +142,7 @@ def _verify(db: RunDatabase) -> VerifyReport:
             state = states[branch].get(stream)
             if state is None and stream.startswith("seed:"):
                 state = SeedState.dormant(stream.removeprefix("seed:"))
-            states[branch][stream] = evolve(state, event)
+            states[branch][stream] = evolve(state, event)  # type: ignore[arg-type]
         except EsperError as exc:
             raise TamperDetected(seq, f"impossible history: {exc}") from None
         prev, expected, last_good[0] = h, expected + 1, seq
@@ -183,11 +190,15 @@ def _verify_audit(path: Path, head_seq: int, db: RunDatabase) -> int | None:
                 logged[int(rec["seq"])] = str(rec["hash"])
             except (ValueError, KeyError, TypeError):
                 continue  # a line torn by a crash mid-write; the log itself is authoritative
-    if logged and max(logged) > head_seq:
+    # A live writer commits (then logs) more while the chain is checked: the trail is written
+    # after each commit, so only a seq beyond the file's head as of *now* means a cut tail.
+    now = db.connection.execute("SELECT MAX(seq) FROM events").fetchone()[0] or 0
+    end = max(head_seq, now)
+    if logged and max(logged) > end:
         raise TamperDetected(
-            head_seq + 1,
+            end + 1,
             f"the audit trail records events up to seq {max(logged)} but the database ends at "
-            f"seq {head_seq}: events were removed from the end",
+            f"seq {end}: events were removed from the end",
         )
     for seq, h in db.connection.execute("SELECT seq, hash FROM events ORDER BY seq"):
         want = logged.get(seq)

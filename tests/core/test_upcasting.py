@@ -17,7 +17,7 @@ from esper_es.core.envelope import NewEvent
 from esper_es.core.lifecycle import Stage
 from esper_es.core.state import SeedState
 from esper_es.core.upcasting import UPCASTERS, current_version, upcast, upcaster
-from esper_es.errors import SchemaViolation, TamperDetected
+from esper_es.errors import SchemaViolation, TamperDetected, UnsupportedSchemaVersion
 from esper_es.store import RunDatabase, schemas, verify
 from esper_es.store.chain import row_hash
 
@@ -57,7 +57,7 @@ def test_current_version_payload_passes_through_unchanged() -> None:
 
 
 def test_a_newer_version_than_the_code_is_refused_clearly() -> None:
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(UnsupportedSchemaVersion) as info:
         upcast("SeedGerminated", 3, {**golden_v1(), "blend_target": 1.0})
     message = str(info.value)
     assert "SeedGerminated" in message and "v3" in message and "newer" in message
@@ -183,11 +183,17 @@ def test_a_newer_stored_version_is_refused(tmp_path: Path) -> None:
         path, "SeedGerminated", 3, {**golden_v1(), "seed": "layer1/1", "blend_target": 1.0},
         "seed:layer1/1", 1, "e-future",
     )  # fmt: skip
-    with RunDatabase.open(path, readonly=True) as db, pytest.raises(ValueError, match="newer"):
+    with (
+        RunDatabase.open(path, readonly=True) as db,
+        pytest.raises(UnsupportedSchemaVersion, match="newer"),
+    ):
         list(db.read())
-    with pytest.raises(TamperDetected) as info:
+    # Not tampering: a newer esper-es wrote it. Exit 2 ("newer format"), naming the type.
+    with pytest.raises(UnsupportedSchemaVersion) as info:
         verify(path)
-    assert info.value.seq == seq
+    assert info.value.exit_code == 2
+    assert info.value.event_type == "SeedGerminated" and info.value.version == 3
+    assert seq > 0
 
 
 def test_a_v1_row_that_breaks_the_v1_schema_fails_verify(tmp_path: Path) -> None:

@@ -202,10 +202,6 @@ def test_creating_over_an_existing_file_is_refused(history: Any) -> None:
     verify(history.path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RunDatabase.open switches a foreign SQLite file to WAL before checking its format",
-)
 def test_a_refused_writer_open_leaves_a_foreign_database_as_it_was(tmp_path: Path) -> None:
     path = tmp_path / "other.db"
     conn = sqlite3.connect(path)

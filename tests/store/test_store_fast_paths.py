@@ -1,0 +1,233 @@
+"""The append and read fast paths give byte for byte what the general code gives.
+
+The audit trail renders a batch's lines in one structlog call, flat payloads skip the
+encoder's circular-reference bookkeeping, and flat events are structured without cattrs: each
+is checked here against the general path it replaces (canonical_json, cattrs).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+from esper_es.core import events as ev
+from esper_es.core.canonical import canonical_json
+from esper_es.core.envelope import NewEvent
+from esper_es.errors import SchemaViolation
+from esper_es.store import RunDatabase, schemas
+from esper_es.store.audit import AuditTrail
+from esper_es.store.chain import row_json
+from esper_es.store.database import _encode, audit_path, decode_row
+
+AWKWARD = 'é"\\%s{}\n\u2028/'
+
+EXAMPLES: list[ev.Event] = [
+    ev.SeedGerminated(
+        seed="l/0",
+        step=3,
+        layer="l",
+        blueprint="conv3x3",
+        kernel_id="k-1",
+        init_seed=2**40,
+        blend_target=1.0,
+    ),
+    ev.SeedTrainingStarted(seed="l/0", step=0),
+    ev.SeedCancelled(seed="l/0", step=1, reason=AWKWARD),
+    ev.SeedGraftingStarted(seed="l/0", step=1, improvement=-0.0),
+    ev.SeedStabilized(seed="l/0", step=1, alpha=1e-300),
+    ev.SeedEvaluationStarted(seed="l/0", step=1),
+    ev.SeedFineTuningStarted(seed="l/0", step=1, contribution=1e300),
+    ev.SeedFossilized(seed="l/0", step=1, contribution=0.1, instability=0.0),
+    ev.SeedCulled(seed="l/0", step=1, reason=""),
+    ev.SeedRolledBack(seed="l/0", step=1, reason="x"),
+    ev.SeedEmbargoed(seed="l/0", step=1, until_step=51),
+    ev.SeedReleased(seed="l/0", step=99),
+    ev.BlendAdjusted(seed="l/0", step=1, alpha=1),  # an int where a float is declared
+    ev.BlendTargetSet(seed="l/0", step=1, target=0.25),
+    ev.CommandRefused(
+        command_id="c",
+        command="GerminateSeed",
+        seed="l/0",
+        trigger="germinate",
+        stage="TRAINING",
+        reason=AWKWARD,
+        step=4,
+    ),
+    ev.SeedLayerRegistered(
+        layer="l", shape_kind="image", channels=4, num_seeds=2, blueprints=["conv3x3"]
+    ),
+    ev.RunStarted(run_id="r", master_seed=1, config={"b": [1, 2.5], "a": AWKWARD}),
+]
+
+
+def test_every_event_type_has_an_example() -> None:
+    """The examples cover every registered event type, so the checks below cover all."""
+    assert {type(e) for e in EXAMPLES} == set(ev.EVENT_TYPES.values())
+
+
+@pytest.mark.parametrize("event", EXAMPLES, ids=lambda e: e.TYPE)
+def test_payload_text_is_canonical_json(event: ev.Event) -> None:
+    """The appended payload text equals canonical_json of the payload, flat schema or not."""
+    _, type_name, version, text = _encode(NewEvent(event, "e"), event.stream())
+    assert (type_name, version) == (event.TYPE, event.VERSION)
+    assert text == canonical_json(ev.to_payload(event))
+
+
+def test_flat_schemas_are_the_scalar_ones() -> None:
+    """Only schemas whose properties are all scalars take the fast encoder."""
+    assert schemas.is_flat("BlendAdjusted", 1)
+    assert schemas.is_flat("SeedGerminated", 2)
+    assert not schemas.is_flat("RunStarted", 1)  # config and environment are objects
+    assert not schemas.is_flat("SeedLayerRegistered", 1)  # blueprints is an array
+    assert not schemas.is_flat("NoSuchType", 1)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_float_is_refused_and_appends_nothing(tmp_path: Path, bad: float) -> None:
+    """NaN or Infinity in a flat payload still raises SchemaViolation, with nothing stored."""
+    with RunDatabase.create(tmp_path / "r.db", "run") as db:
+        event = ev.SeedGraftingStarted(seed="l/0", step=1, improvement=bad)
+        with pytest.raises(SchemaViolation):
+            db.append("seed:l/0", 0, [NewEvent(event, "e1")])
+        assert db.head_seq() == 0
+
+
+@pytest.mark.parametrize("event", EXAMPLES, ids=lambda e: e.TYPE)
+def test_from_payload_matches_cattrs(event: ev.Event) -> None:
+    """from_payload gives the event cattrs gives, field values and their types alike."""
+    payload = json.loads(canonical_json(ev.to_payload(event)))
+    got = ev.from_payload(event.TYPE, payload)
+    want = ev._converter.structure(dict(payload), type(event))
+    assert got == want
+    assert [type(v) for v in attrs.astuple(got, recurse=False)] == [
+        type(v) for v in attrs.astuple(want, recurse=False)
+    ]
+
+
+def test_from_payload_converts_like_cattrs() -> None:
+    """An int for a float field becomes a float; defaults fill missing keys; extras fail."""
+    got = ev.from_payload("BlendAdjusted", {"seed": "l/0", "step": 1, "alpha": 1})
+    assert isinstance(got, ev.BlendAdjusted) and type(got.alpha) is float
+    culled = ev.from_payload("SeedCulled", {"seed": "l/0", "step": 1})
+    assert culled == ev.SeedCulled(seed="l/0", step=1, reason="")
+    with pytest.raises(Exception) as fast:
+        ev.from_payload("BlendAdjusted", {"seed": "l/0", "step": 1, "alpha": 0.5, "x": 1})
+    with pytest.raises(Exception) as slow:
+        ev._converter.structure({"seed": "l/0", "step": 1, "alpha": 0.5, "x": 1}, ev.BlendAdjusted)
+    assert type(fast.value) is type(slow.value)
+
+
+def test_decode_row_refuses_non_finite_constants() -> None:
+    """A stored payload holding NaN is refused on read, as canonical.loads refuses it."""
+    row: list[Any] = [
+        1,
+        "e",
+        "r",
+        "main",
+        "seed:l/0",
+        1,
+        "BlendAdjusted",
+        1,
+        '{"alpha":NaN,"seed":"l/0","step":1}',
+        None,
+        None,
+        "t",
+        "0" * 64,
+        "h",
+    ]
+    with pytest.raises(ValueError, match="non-finite"):
+        decode_row(row)
+
+
+def _rows(n: int, first_seq: int = 1) -> list[tuple[Any, ...]]:
+    return [
+        (
+            seq,
+            f"e{seq}/0",
+            "run",
+            "main",
+            f"seed:l{AWKWARD}/{seq}",
+            seq + 1,
+            "BlendAdjusted",
+            1,
+            "{}",
+            None if seq % 2 else f"c{AWKWARD}",
+            "corr" if seq % 3 else None,
+            "t",
+            "p",
+            f"h{seq}",
+        )
+        for seq in range(first_seq, first_seq + n)
+    ]
+
+
+def test_audit_lines_are_one_canonical_structlog_line_per_event(tmp_path: Path) -> None:
+    """Each row gets one line: canonical JSON of run_id, event name, time stamp and its fields."""
+    trail = AuditTrail(tmp_path / "a.jsonl", f"run{AWKWARD}")
+    rows = _rows(5) + _rows(1, first_seq=6)
+    trail.record(rows[:5])
+    trail.record([])  # writes nothing
+    trail.record(rows[5:])
+    trail.close()
+    lines = (tmp_path / "a.jsonl").read_text("utf-8").split("\n")
+    assert lines[-1] == ""  # every line ends with a newline
+    assert len(lines[:-1]) == len(rows)
+    for line, row in zip(lines[:-1], rows, strict=True):
+        rec = json.loads(line)
+        assert canonical_json(rec) == line
+        stamp = rec.pop("timestamp")
+        assert isinstance(stamp, str) and stamp.endswith("Z")
+        assert rec == {
+            "event": "event_appended",
+            "run_id": f"run{AWKWARD}",
+            "seq": row[0],
+            "event_id": row[1],
+            "branch": row[3],
+            "stream": row[4],
+            "stream_version": row[5],
+            "type": row[6],
+            "causation_id": row[9],
+            "correlation_id": row[10],
+            "hash": row[13],
+        }
+
+
+def test_audit_trail_of_a_real_append_names_every_seq_and_hash(tmp_path: Path) -> None:
+    """After appends in batches, the trail holds each event's seq and hash, in order."""
+    path = tmp_path / "r.db"
+    with RunDatabase.create(path, "run") as db:
+        for batch in range(3):
+            evs = [
+                NewEvent(ev.BlendTargetSet(seed=f"l/{i}", step=batch, target=0.5), f"b{batch}-{i}")
+                for i in range(4)
+            ]
+            db.append_batch([(f"seed:l/{i}", batch, [evs[i]]) for i in range(4)])
+        stored = [(r.seq, r.hash) for r in db.read()]
+    lines = audit_path(path).read_text("utf-8").splitlines()
+    assert [(json.loads(x)["seq"], json.loads(x)["hash"]) for x in lines] == stored
+
+
+def test_row_json_is_canonical_json() -> None:
+    """The hand-built row JSON of the hash chain equals canonical_json of the columns."""
+    for causation in (None, AWKWARD):
+        cols = dict(
+            seq=7,
+            event_id=AWKWARD,
+            run_id="r",
+            branch="main",
+            stream="seed:l/0",
+            stream_version=3,
+            type_name="BlendAdjusted",
+            schema_version=1,
+            payload='{"a":"%s"}',
+            causation_id=causation,
+            correlation_id=None,
+            recorded_at="t",
+        )
+        as_dict = {("type" if k == "type_name" else k): v for k, v in cols.items()}
+        assert row_json(**cols) == canonical_json(as_dict)  # type: ignore[arg-type]
