@@ -266,6 +266,74 @@ class CommandRefused(ControllerEvent):
     step: int
 
 
+
+@event_type(1)
+@attrs.frozen(kw_only=True)
+class AdaptationDecided(ControllerEvent):
+    """A controller (or a user) decided to adapt a layer, from this telemetry."""
+
+    decision_id: str
+    layer: str
+    adaptation_type: str
+    parameters: dict[str, Any]
+    reason: str
+    strategy: str
+    source: str
+    telemetry_digest: str | None
+    telemetry: dict[str, Any]
+    step: int
+
+
+@event_type(1)
+@attrs.frozen(kw_only=True)
+class AdaptationPlanned(ControllerEvent):
+    """The orchestrator's plan for a decision: the commands it will issue, in order."""
+
+    decision_id: str
+    strategy: str
+    commands: list[dict[str, Any]]
+    notes: str
+    step: int
+
+
+# --- training -------------------------------------------------------------------------
+
+
+@event_type(1)
+@attrs.frozen(kw_only=True)
+class EpochCompleted(RunEvent):
+    """An epoch ended; its training and validation metrics."""
+
+    epoch: int
+    step: int
+    train_loss: float
+    val_loss: float
+    val_accuracy: float | None
+    metrics: dict[str, Any] = attrs.field(factory=dict)
+
+
+@event_type(1)
+@attrs.frozen(kw_only=True)
+class Checkpointed(RunEvent):
+    """The model, optimizer and RNG states at a step boundary, by fingerprint (SPEC §5)."""
+
+    epoch: int
+    step: int
+    fingerprint: str
+    optimizer_fingerprint: str
+    rng: dict[str, str]
+    snapshot: str | None = None
+
+
+@event_type(1)
+@attrs.frozen(kw_only=True)
+class TrainingStopped(RunEvent):
+    """Training stopped at a step boundary: completed, or interrupted and resumable."""
+
+    epoch: int
+    step: int
+    reason: str
+
 #: Lifecycle trigger -> the event that records it.
 TRIGGER_EVENTS: Mapping[str, type[SeedEvent]] = {
     "germinate": SeedGerminated,

@@ -39,6 +39,13 @@ BY_NAME: dict[str, Any] = {
     "stage": "TRAINING",
     "trigger": "cull",
     "dataset_fingerprint": "sha256:" + "ab" * 32,
+    "fingerprint": "sha256:" + "cd" * 32,
+    "optimizer_fingerprint": "sha256:" + "ef" * 32,
+    "rng": {"torch_cpu": "sha256:" + "01" * 32},
+    "source": "controller",
+    "strategy": "diversify",
+    "reason": "completed",
+    "val_accuracy": 0.5,
 }
 BY_TYPE: dict[Any, Any] = {
     str: 'x-é"\\',

@@ -62,6 +62,34 @@ EXAMPLES: list[ev.Event] = [
         layer="l", shape_kind="image", channels=4, num_seeds=2, blueprints=["conv3x3"]
     ),
     ev.RunStarted(run_id="r", master_seed=1, config={"b": [1, 2.5], "a": AWKWARD}),
+    ev.AdaptationDecided(
+        decision_id="d",
+        layer="l",
+        adaptation_type="add_seed",
+        parameters={"num_seeds": 2, "why": AWKWARD},
+        reason=AWKWARD,
+        strategy="diversify",
+        source="user",
+        telemetry_digest=None,
+        telemetry={"loss": [0.5, 0.25]},
+        step=7,
+    ),
+    ev.AdaptationPlanned(
+        decision_id="d",
+        strategy="ensemble",
+        commands=[{"command": "GerminateSeed", "seed": "l/0"}],
+        notes="",
+        step=7,
+    ),
+    ev.EpochCompleted(epoch=1, step=45, train_loss=0.5, val_loss=0.25, val_accuracy=None),
+    ev.Checkpointed(
+        epoch=1,
+        step=45,
+        fingerprint="sha256:" + "a" * 64,
+        optimizer_fingerprint="sha256:" + "b" * 64,
+        rng={"torch_cpu": "sha256:" + "c" * 64},
+    ),
+    ev.TrainingStopped(epoch=1, step=45, reason="interrupted"),
 ]
 
 

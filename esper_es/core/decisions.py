@@ -1,0 +1,100 @@
+"""Adaptation decisions and the four orchestration strategies (SPEC §4), as pure values.
+
+A controller turns telemetry into an `AdaptationDecision`; the orchestrator picks a
+`Strategy` for it and plans commands. Planning itself lives in `strategies.py`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any, Final
+
+import attrs
+
+from esper_es.core.canonical import canonical_json
+
+
+class AdaptationType(StrEnum):
+    """What a decision asks for."""
+
+    ADD_SEED = "add_seed"
+    ADD_NEURONS = "add_neurons"
+    OPTIMIZE_PARAMETERS = "optimize_parameters"
+    REMOVE_SEED = "remove_seed"
+    MODIFY_ARCHITECTURE = "modify_architecture"
+
+
+class Strategy(StrEnum):
+    """How the orchestrator carries a decision out."""
+
+    DIVERSIFY = "diversify"
+    REPLACE = "replace"
+    SPECIALIZE = "specialize"
+    ENSEMBLE = "ensemble"
+
+
+#: The default strategy of each adaptation type (SPEC §4); `parameters.strategy` overrides.
+STRATEGY_FOR_TYPE: Final[Mapping[AdaptationType, Strategy]] = {
+    AdaptationType.ADD_SEED: Strategy.DIVERSIFY,
+    AdaptationType.ADD_NEURONS: Strategy.DIVERSIFY,
+    AdaptationType.OPTIMIZE_PARAMETERS: Strategy.REPLACE,
+    AdaptationType.REMOVE_SEED: Strategy.SPECIALIZE,
+    AdaptationType.MODIFY_ARCHITECTURE: Strategy.ENSEMBLE,
+}
+
+
+def telemetry_digest(telemetry: Mapping[str, Any]) -> str:
+    """`sha256:` digest of a telemetry snapshot's canonical JSON."""
+    return "sha256:" + hashlib.sha256(canonical_json(dict(telemetry)).encode()).hexdigest()
+
+
+@attrs.frozen(kw_only=True)
+class AdaptationDecision:
+    """`{layer, adaptation_type, parameters, reason, telemetry digest}` (SPEC §1).
+
+    Keeps the call shape users of the seed system know: `AdaptationDecision(layer_name=...,
+    adaptation_type="add_neurons", parameters={"num_seeds": 2})`.
+    """
+
+    layer_name: str
+    adaptation_type: str
+    parameters: dict[str, Any] = attrs.field(factory=dict)
+    reason: str = ""
+    telemetry_digest: str | None = None
+    decision_id: str | None = None
+
+    def strategy(self) -> Strategy:
+        """The strategy this decision runs with: `parameters.strategy`, else the type's default."""
+        named = self.parameters.get("strategy")
+        if named is not None:
+            try:
+                return Strategy(str(named).lower())
+            except ValueError:
+                known = ", ".join(s.value for s in Strategy)
+                raise ValueError(f"unknown strategy {named!r}; known: {known}") from None
+        try:
+            return STRATEGY_FOR_TYPE[AdaptationType(self.adaptation_type)]
+        except ValueError:
+            known = ", ".join(t.value for t in AdaptationType)
+            raise ValueError(
+                f"unknown adaptation_type {self.adaptation_type!r}; known: {known}"
+            ) from None
+
+
+@attrs.frozen(kw_only=True)
+class SeedStats:
+    """What the orchestrator knows of how a seed performs (from telemetry)."""
+
+    seed: str
+    contribution: float | None = None
+    improvement: float | None = None
+
+    def score(self) -> float:
+        """Higher is better: measured contribution first, else the training signal's gain."""
+        if self.contribution is not None:
+            return self.contribution
+        if self.improvement is not None:
+            return self.improvement * 1e-3
+        return 0.0
