@@ -266,7 +266,6 @@ class CommandRefused(ControllerEvent):
     step: int
 
 
-
 @event_type(1)
 @attrs.frozen(kw_only=True)
 class AdaptationDecided(ControllerEvent):
@@ -333,6 +332,7 @@ class TrainingStopped(RunEvent):
     epoch: int
     step: int
     reason: str
+
 
 #: Lifecycle trigger -> the event that records it.
 TRIGGER_EVENTS: Mapping[str, type[SeedEvent]] = {
