@@ -187,4 +187,6 @@ def _stream_of(command: c.Command) -> str:
         return layer_stream(command.layer)
     if isinstance(command, c.StartRun):
         return RUN_STREAM
+    if isinstance(command, c.RecordFact):
+        return str(command.event.stream())
     raise TypeError(f"no stream for command {type(command).__name__}")

@@ -162,6 +162,17 @@ class StartRun(Command):
     environment: dict[str, Any] = attrs.field(factory=dict)
 
 
+@attrs.frozen(slots=True, kw_only=True)
+class RecordFact(Command):
+    """Record a run or controller fact (a decision, a plan, an epoch's metrics, a checkpoint).
+
+    These have no lifecycle to refuse them; routing them through the command bus still
+    gives them ids, causation and a place in the same step-boundary transaction.
+    """
+
+    event: Any
+
+
 SEED_COMMANDS: tuple[type[SeedCommand], ...] = (
     GerminateSeed,
     StartTraining,

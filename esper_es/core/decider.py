@@ -56,6 +56,8 @@ def decide(state: Any, command: c.Command, context: Context | None = None) -> tu
         return _decide_layer(state, command)
     if isinstance(command, c.StartRun):
         return _decide_run(state, command)
+    if isinstance(command, c.RecordFact):
+        return _decide_fact(state, command)
     raise TypeError(f"no decider for command {type(command).__name__}")
 
 
@@ -163,6 +165,18 @@ def _decide_run(s: RunState | None, cmd: c.StartRun) -> tuple[ev.Event, ...]:
             step=cmd.step,
         ),
     )
+
+
+def _decide_fact(state: Any, cmd: c.RecordFact) -> tuple[ev.Event, ...]:
+    e = cmd.event
+    if isinstance(e, ev.RunStarted) or not isinstance(e, ev.RunEvent | ev.ControllerEvent):
+        raise TypeError(
+            f"only run and controller facts are recorded directly, not {type(e).__name__}; "
+            "seed and layer changes go through their commands"
+        )
+    if isinstance(e, ev.RunEvent) and (state is None or state.version == 0):
+        raise IllegalTransition("run", "ABSENT", "record", f"{e.TYPE} before RunStarted")
+    return (e,)
 
 
 # --- evolve ---------------------------------------------------------------------------

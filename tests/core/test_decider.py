@@ -569,3 +569,15 @@ def test_step_going_backwards_is_refused() -> None:
 def test_unknown_command_type_is_a_type_error() -> None:
     with pytest.raises(TypeError):
         decide(None, c.Command(command_id="x"))
+
+
+def test_record_fact_records_run_and_controller_facts_only() -> None:
+    """RecordFact passes run and controller facts through; lifecycle events must be decided."""
+    started = RunState(run_id="r", master_seed=1, version=1)
+    stop = ev.TrainingStopped(epoch=1, step=9, reason="completed")
+    assert decide(started, c.RecordFact(command_id="f", event=stop)) == (stop,)
+    with pytest.raises(IllegalTransition):
+        decide(None, c.RecordFact(command_id="f", event=stop))
+    culled = ev.SeedCulled(seed="layer1/0", step=1)
+    with pytest.raises(TypeError, match="through their commands"):
+        decide(SeedState.dormant("layer1/0"), c.RecordFact(command_id="f", event=culled))
