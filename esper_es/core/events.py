@@ -322,6 +322,8 @@ class Checkpointed(RunEvent):
     optimizer_fingerprint: str
     rng: dict[str, str]
     snapshot: str | None = None
+    tensors: dict[str, str] = attrs.field(factory=dict)
+    """Per state_dict entry digest, so a replay that diverges can name the tensors that differ."""
 
 
 @event_type(1)

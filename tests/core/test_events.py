@@ -42,6 +42,7 @@ BY_NAME: dict[str, Any] = {
     "fingerprint": "sha256:" + "cd" * 32,
     "optimizer_fingerprint": "sha256:" + "ef" * 32,
     "rng": {"torch_cpu": "sha256:" + "01" * 32},
+    "tensors": {"layer1.weight": "sha256:" + "02" * 32},
     "source": "controller",
     "strategy": "diversify",
     "reason": "completed",
