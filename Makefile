@@ -16,6 +16,7 @@ venv: $(STAMP)
 
 ## The main job on the built-in default.
 run: $(STAMP)
+	rm -f runs/simulated.db runs/simulated.db.*
 	$(VENV)/bin/esper-es simulate --db runs/simulated.db --seeds 64 --events 20000 --seed 0
 	$(VENV)/bin/esper-es verify runs/simulated.db
 

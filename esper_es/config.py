@@ -2,11 +2,16 @@
 
 Validation walks the attrs classes itself rather than going through cattrs, so that every
 problem names the full dotted key (`lifecycle.min_training_steps`) and an unknown key lists
-the known ones; a bad config exits 2 and writes nothing.
+the known ones; a bad config exits 2 and writes nothing. Sections are nested attrs classes;
+tables of free keys (`seeds.layers`) are `dict[str, X]` fields, lists are `tuple[X, ...]`
+fields, and choices are attrs `in_` validators, whose message names the key.
+
+The defaults spell out the built-in run of `esper-es train` (see `configs/digits.toml`).
 """
 
 from __future__ import annotations
 
+import enum
 import math
 import tomllib
 import types
@@ -17,8 +22,15 @@ from typing import Any, TypeVar
 
 import attrs
 
+from attrs import validators as v
+
+from esper_es.controller import ControllerConfig
+from esper_es.core.blending import BLEND_KINDS
 from esper_es.core.config import LifecycleConfig
 from esper_es.errors import ConfigError
+
+_POSITIVE = [v.instance_of(int), v.ge(1)]
+_NON_NEGATIVE = [v.instance_of(int), v.ge(0)]
 
 
 @attrs.frozen(slots=True)
@@ -43,10 +55,127 @@ class SimulateConfig:
     """Above this share of fossilized slots the controller culls instead, so traffic goes on."""
 
 
+def _seed_counts(_: object, attribute: attrs.Attribute[Any], value: dict[str, int]) -> None:
+    for path, count in value.items():
+        if not path:
+            raise ValueError(f"{attribute.name}: a module path must not be empty")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"{attribute.name}.{path}: seeds per layer must be >= 1, got {count!r}")
+
+
+@attrs.frozen(slots=True)
+class TrainConfig:
+    """The optimisation: epochs, batches, optimizer, checkpoints and snapshots."""
+
+    epochs: int = attrs.field(default=12, validator=_POSITIVE)
+    """Epochs to train."""
+    batch_size: int = attrs.field(default=32, validator=_POSITIVE)
+    """Examples per mini-batch (the last batch of an epoch may be smaller)."""
+    lr: float = attrs.field(default=0.01, validator=v.gt(0.0))
+    """Learning rate of the host's parameters."""
+    seed_lr: float = attrs.field(default=0.01, validator=v.gt(0.0))
+    """Learning rate of every seed kernel's own param group."""
+    optimizer: str = attrs.field(default="adam", validator=v.in_(("adam", "sgd")))
+    """`adam` or `sgd` (with momentum 0.9)."""
+    weight_decay: float = attrs.field(default=0.0, validator=v.ge(0.0))
+    """L2 weight decay of every param group."""
+    checkpoint_every_steps: int = attrs.field(default=0, validator=_NON_NEGATIVE)
+    """Also record `Checkpointed` every this many steps (0: only at epoch ends)."""
+    snapshot_every_epochs: int = attrs.field(default=1, validator=_NON_NEGATIVE)
+    """Store a content-addressed snapshot every this many epochs (0: only the last one)."""
+    controller_every_steps: int = attrs.field(default=15, validator=_NON_NEGATIVE)
+    """Run the controller every this many steps, besides every epoch end (0: epoch ends only)."""
+    val_batch_size: int = attrs.field(default=512, validator=_POSITIVE)
+    """Examples per batch when evaluating the validation set."""
+
+
+@attrs.frozen(slots=True)
+class HostConfig:
+    """The built-in task and its host network."""
+
+    task: str = attrs.field(default="digits", validator=v.in_(("digits", "text")))
+    """`digits` (DigitsCNN on scikit-learn digits) or `text` (CharTransformer, next char)."""
+    width: int = attrs.field(default=4, validator=_POSITIVE)
+    """digits: channels of the CNN (B9's wide static host is 32)."""
+    d_model: int = attrs.field(default=32, validator=_POSITIVE)
+    """text: model width."""
+    n_heads: int = attrs.field(default=2, validator=_POSITIVE)
+    """text: attention heads."""
+    n_blocks: int = attrs.field(default=2, validator=_POSITIVE)
+    """text: transformer blocks."""
+    window: int = attrs.field(default=32, validator=_POSITIVE)
+    """text: characters per training window."""
+    max_train_examples: int = attrs.field(default=0, validator=_NON_NEGATIVE)
+    """Use only the first N training examples (0: all), e.g. for quick runs."""
+    max_val_examples: int = attrs.field(default=0, validator=_NON_NEGATIVE)
+    """Use only the first N validation examples (0: all)."""
+
+
+@attrs.frozen(slots=True)
+class SeedsConfig:
+    """Where seed layers go and which blueprints may germinate there."""
+
+    layers: dict[str, int] = attrs.field(
+        factory=lambda: {"layer1": 2, "layer2": 2}, validator=_seed_counts
+    )
+    """Module path -> number of seed slots placed right after that module."""
+    blueprints: tuple[str, ...] = ()
+    """Blueprints allowed in every seed layer (empty: every registered blueprint that fits)."""
+
+
+@attrs.frozen(slots=True)
+class BlendingConfig:
+    """How a grafting seed's alpha ramps to its blend target (`core.blending.BlendSchedule`)."""
+
+    kind: str = attrs.field(default="linear", validator=v.in_(BLEND_KINDS))
+    """Ramp shape: linear, cosine or sigmoid."""
+    ramp_steps: int = attrs.field(default=20, validator=_NON_NEGATIVE)
+    """Steps from grafting start to the target (the target itself is per seed)."""
+
+
+@attrs.frozen(slots=True)
+class DriverConfig:
+    """The lifecycle driver's own knobs (the gates' thresholds are in `[lifecycle]`)."""
+
+    observe_every: int = attrs.field(default=2, validator=_POSITIVE)
+    """Measure each TRAINING seed's own loss every this many steps (2 extra forwards each)."""
+    signal_decay: float = attrs.field(default=0.9, validator=[v.ge(0.0), v.lt(1.0)])
+    """EMA decay of a seed's training signal."""
+    training_patience: int = attrs.field(default=40, validator=_NON_NEGATIVE)
+    """Cull a TRAINING seed whose signal has not improved this many steps after the minimum."""
+    evaluation_steps: int = attrs.field(default=5, validator=_NON_NEGATIVE)
+    """Steps in EVALUATING before the contribution is measured."""
+    fine_tune_steps: int = attrs.field(default=30, validator=_NON_NEGATIVE)
+    """Steps in FINE_TUNING before the contribution is re-measured."""
+    instability_window: int = attrs.field(default=20, validator=[v.instance_of(int), v.ge(2)])
+    """Recent training losses whose relative spread (std / mean) is the instability."""
+    contribution_examples: int = attrs.field(default=256, validator=_POSITIVE)
+    """Size of the fixed validation batch that contributions are measured on."""
+
+
+@attrs.frozen(slots=True)
+class RuntimeConfig:
+    """Threads and determinism (SPEC §5)."""
+
+    threads: int = attrs.field(default=1, validator=_POSITIVE)
+    """torch intra-op threads; 1 reproduces exactly across machines with the same build."""
+    interop_threads: int = attrs.field(default=0, validator=_NON_NEGATIVE)
+    """torch inter-op threads (0: leave as the process has it)."""
+    deterministic: bool = attrs.field(default=True, validator=v.instance_of(bool))
+    """Deterministic algorithms and full-precision matmuls."""
+
+
 @attrs.frozen(slots=True)
 class RunConfig:
     """Everything a run is configured by; recorded whole in `RunStarted`."""
 
+    train: TrainConfig = attrs.field(factory=TrainConfig)
+    host: HostConfig = attrs.field(factory=HostConfig)
+    seeds: SeedsConfig = attrs.field(factory=SeedsConfig)
+    blending: BlendingConfig = attrs.field(factory=BlendingConfig)
+    driver: DriverConfig = attrs.field(factory=DriverConfig)
+    controller: ControllerConfig = attrs.field(factory=ControllerConfig)
+    runtime: RuntimeConfig = attrs.field(factory=RuntimeConfig)
     lifecycle: LifecycleConfig = attrs.field(factory=LifecycleConfig)
     simulate: SimulateConfig = attrs.field(factory=SimulateConfig)
 
@@ -73,7 +202,11 @@ def structure(cls: type[C], data: Mapping[str, Any], prefix: str = "") -> C:
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as exc:
-        bad = next((n for n in kwargs if n in str(exc)), None)
+        # attrs validators name the field in their message ("'optimizer' must be in ...").
+        text = str(exc)
+        bad = next((n for n in kwargs if f"'{n}'" in text), None) or next(
+            (n for n in kwargs if n in text), None
+        )
         raise ConfigError(f"{prefix}{bad}" if bad else prefix.rstrip("."), str(exc)) from None
 
 
@@ -104,6 +237,26 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         if not isinstance(value, str):
             raise ConfigError(key, f"expected a string, got {value!r}")
         return value
+    if origin is dict:
+        key_hint, value_hint = typing.get_args(hint)
+        if not isinstance(value, Mapping):
+            raise ConfigError(key, f"expected a table, got {value!r}")
+        return {
+            _coerce(key_hint, k, f"{key}.{k}"): _coerce(value_hint, item, f"{key}.{k}")
+            for k, item in value.items()
+        }
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if isinstance(value, str) or not isinstance(value, list | tuple):
+            raise ConfigError(key, f"expected a list, got {value!r}")
+        item_hint = args[0] if args else Any
+        return tuple(_coerce(item_hint, item, f"{key}[{i}]") for i, item in enumerate(value))
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        try:
+            return hint(value)
+        except ValueError:
+            known = ", ".join(str(m.value) for m in hint)
+            raise ConfigError(key, f"expected one of {known}, got {value!r}") from None
     return value
 
 

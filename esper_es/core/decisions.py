@@ -7,13 +7,31 @@ A controller turns telemetry into an `AdaptationDecision`; the orchestrator pick
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from typing import Any, Final
 
 import attrs
 
 from esper_es.core.canonical import canonical_json
+from esper_es.errors import EXIT_USAGE, EsperError
+
+
+class InvalidDecision(EsperError, ValueError):
+    """An adaptation decision cannot be carried out as given (unknown type, strategy, layer)."""
+
+    exit_code = EXIT_USAGE
+
+
+class UnknownLayer(InvalidDecision):
+    """A decision names a seed layer that is not registered; lists the known ones."""
+
+    def __init__(self, layer: str, known: Iterable[str]) -> None:
+        self.layer = layer
+        self.known = tuple(sorted(known))
+        super().__init__(
+            f"unknown seed layer {layer!r}; known layers: {', '.join(self.known) or '(none)'}"
+        )
 
 
 class AdaptationType(StrEnum):
@@ -73,12 +91,12 @@ class AdaptationDecision:
                 return Strategy(str(named).lower())
             except ValueError:
                 known = ", ".join(s.value for s in Strategy)
-                raise ValueError(f"unknown strategy {named!r}; known: {known}") from None
+                raise InvalidDecision(f"unknown strategy {named!r}; known: {known}") from None
         try:
             return STRATEGY_FOR_TYPE[AdaptationType(self.adaptation_type)]
         except ValueError:
             known = ", ".join(t.value for t in AdaptationType)
-            raise ValueError(
+            raise InvalidDecision(
                 f"unknown adaptation_type {self.adaptation_type!r}; known: {known}"
             ) from None
 
