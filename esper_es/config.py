@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import attrs
-
 from attrs import validators as v
 
 from esper_es.controller import ControllerConfig
@@ -60,7 +59,9 @@ def _seed_counts(_: object, attribute: attrs.Attribute[Any], value: dict[str, in
         if not path:
             raise ValueError(f"{attribute.name}: a module path must not be empty")
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise ValueError(f"{attribute.name}.{path}: seeds per layer must be >= 1, got {count!r}")
+            raise ValueError(
+                f"{attribute.name}.{path}: seeds per layer must be >= 1, got {count!r}"
+            )
 
 
 @attrs.frozen(slots=True)
@@ -85,6 +86,11 @@ class TrainConfig:
     """Store a content-addressed snapshot every this many epochs (0: only the last one)."""
     controller_every_steps: int = attrs.field(default=15, validator=_NON_NEGATIVE)
     """Run the controller every this many steps, besides every epoch end (0: epoch ends only)."""
+    seed_training: str = attrs.field(
+        default="own_loss", validator=v.in_(("own_loss", "straight_through"))
+    )
+    """How a TRAINING seed learns: `own_loss` (the loss with it blended at alpha 1, host
+    frozen) or `straight_through` (the host activation's gradient, `nn.isolation`)."""
     val_batch_size: int = attrs.field(default=512, validator=_POSITIVE)
     """Examples per batch when evaluating the validation set."""
 

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from esper_es import __version__
@@ -169,6 +170,64 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return EXIT_INTERRUPTED if report.interrupted else EXIT_OK
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train the built-in task of a run config (default: DigitsCNN on digits, with seeds)."""
+    import attrs
+
+    from esper_es.config import load_config
+    from esper_es.trainer.api import built_in_trainer
+
+    config = load_config(args.config)
+    if args.epochs is not None:
+        if args.epochs < 1:
+            raise UsageError("--epochs must be at least 1")
+        config = attrs.evolve(config, train=attrs.evolve(config.train, epochs=args.epochs))
+    seed = 0 if args.seed is None else args.seed
+    progress = not args.json and sys.stderr.isatty()
+    trainer = built_in_trainer(config, seed=seed, db_path=args.db or "", progress=progress)
+    if args.db is None:
+        trainer.db_path = Path("runs") / f"{trainer.run_id}.db"
+    result = trainer.run()
+    obj = {
+        "run_id": result.run_id,
+        "branch": result.branch,
+        "head_seq": result.head_seq,
+        "fingerprint": result.fingerprint,
+        "accuracy_start": result.accuracy_start,
+        "accuracy_end": result.accuracy_end,
+        "val_loss_start": result.val_loss_start,
+        "val_loss_end": result.val_loss_end,
+        "seeds": result.seeds,
+        "events": result.events,
+        "steps": result.steps,
+        "epochs": result.epochs,
+        "interrupted": result.interrupted,
+        "seconds": round(result.seconds, 3),
+        "db": result.db,
+    }
+
+    def text() -> None:
+        def pct(x: float | None) -> str:
+            return "n/a" if x is None else f"{100 * x:.2f} %"
+
+        state = "interrupted" if result.interrupted else "completed"
+        print(
+            f"run {result.run_id} {state}: {result.epochs} epochs, {result.steps} steps "
+            f"in {result.seconds:.1f} s ({config.host.task})"
+        )
+        print(
+            f"accuracy: static host at start {pct(result.accuracy_start)} -> grown model "
+            f"{pct(result.accuracy_end)}  (val loss {result.val_loss_start:.4f} -> "
+            f"{result.val_loss_end:.4f})"
+        )
+        print("seeds: " + ", ".join(f"{k} {v}" for k, v in result.seeds.items()))
+        print(f"events written: {result.events}  fingerprint: {result.fingerprint}")
+        print(f"run database: {result.db}")
+
+    _emit(args, obj, text)
+    return EXIT_INTERRUPTED if result.interrupted else EXIT_OK
+
+
 def _progress(total: int) -> Callable[[int, int], None]:
     from rich.console import Console
 
@@ -240,6 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--json", action="store_true", help="print exactly one JSON object")
         return sp
 
+    sp = add("train", cmd_train, "train the built-in task of a run config, with seeds")
+    sp.add_argument("--config", help="TOML run config (default: the built-in digits run)")
+    sp.add_argument("--db", help="run database to create (default: runs/<run_id>.db)")
+    sp.add_argument("--epochs", type=int, help="override train.epochs")
+    sp.add_argument("--seed", type=int, help="master seed (default 0)")
     sp = add("verify", cmd_verify, "check hash chain, gap-free sequence, schemas, stream versions")
     sp.add_argument("db")
     sp = add("history", cmd_history, "the audit timeline, with causes")
