@@ -91,12 +91,12 @@ def test_ctrl_c_exits_130_with_one_json_object_and_a_verifiable_run(tmp_path: Pa
                 except sqlite3.OperationalError:
                     seen = 0
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == EXIT_INTERRUPTED
+    assert proc.returncode == EXIT_INTERRUPTED, err
     obj = _one_object(out)
     # Caught inside the step loop it is a report; anywhere else, an error object.
     assert obj.get("interrupted") is True or obj.get("error") == "Interrupted"

@@ -1,0 +1,167 @@
+"""The public Python API: wrap your own host, bring your data, optimizer and controller.
+
+```python
+from esper_es.trainer import train
+result = train(
+    my_model,                                   # any nn.Module
+    example_input=torch.zeros(2, 3, 32, 32),    # one batch of its input, for placement
+    seed_layers={"block1": 2, "block2": 2},     # module path -> seed slots after it
+    train_data=(x_train, y_train),              # tensors, or epoch -> batches, or batches
+    val_data=(x_val, y_val),
+    loss_fn=lambda m, b: F.cross_entropy(m(b[0]), b[1]),
+    metric_fn=lambda m, b: float((m(b[0]).argmax(1) == b[1]).float().mean()),
+    optimizer_factory=lambda params: torch.optim.AdamW(params, lr=1e-3),
+    controller=HeuristicController(),           # or your own `decide(telemetry)`, or None
+    db_path="runs/mine.db",
+    epochs=5,
+)
+```
+
+`built_in(config, seed, db_path)` runs one of the built-in tasks (what `esper-es train` does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+from torch import nn
+
+from esper_es.config import RunConfig, SeedsConfig
+from esper_es.controller import Controller
+from esper_es.trainer.loop import (
+    _DEFAULT,
+    LossFn,
+    MetricFn,
+    OptimizerFactory,
+    StepHook,
+    TrainData,
+    Trainer,
+    TrainResult,
+    ValData,
+)
+from esper_es.trainer.tasks import build_task
+
+
+def make_trainer(
+    host: nn.Module,
+    *,
+    train_data: TrainData,
+    val_data: ValData,
+    loss_fn: LossFn,
+    example_input: Any,
+    db_path: str | Path,
+    seed_layers: Mapping[str, int] | None = None,
+    metric_fn: MetricFn | None = None,
+    optimizer_factory: OptimizerFactory | None = None,
+    controller: Controller | None = _DEFAULT,
+    config: RunConfig | None = None,
+    seed: int = 0,
+    dataset_fingerprint: str | None = None,
+    on_step: StepHook | None = None,
+    progress: bool = False,
+) -> Trainer:
+    """A `Trainer` for your own host (see `train`); call `.run()` on it."""
+    config = config or RunConfig()
+    if seed_layers is not None:
+        config = attrs.evolve(
+            config, seeds=SeedsConfig(layers=dict(seed_layers), blueprints=config.seeds.blueprints)
+        )
+    return Trainer(
+        host,
+        config=config,
+        master_seed=seed,
+        db_path=db_path,
+        train_data=train_data,
+        val_data=val_data,
+        loss_fn=loss_fn,
+        metric_fn=metric_fn,
+        example_input=example_input,
+        optimizer_factory=optimizer_factory,
+        controller=controller,
+        dataset_fingerprint=dataset_fingerprint,
+        on_step=on_step,
+        progress=progress,
+    )
+
+
+def train(
+    host: nn.Module,
+    *,
+    train_data: TrainData,
+    val_data: ValData,
+    loss_fn: LossFn,
+    example_input: Any,
+    db_path: str | Path,
+    seed_layers: Mapping[str, int] | None = None,
+    metric_fn: MetricFn | None = None,
+    optimizer_factory: OptimizerFactory | None = None,
+    controller: Controller | None = _DEFAULT,
+    config: RunConfig | None = None,
+    seed: int = 0,
+    epochs: int | None = None,
+    dataset_fingerprint: str | None = None,
+    on_step: StepHook | None = None,
+    progress: bool = False,
+) -> TrainResult:
+    """Train `host` with seed layers at `seed_layers`, recording the run in `db_path`.
+
+    `controller` defaults to the heuristic controller of `config.controller`; pass `None` for
+    none (seeds then change only by decisions you submit, e.g. from `on_step` with
+    `trainer.submit(decision)`), or any object with `decide(telemetry) -> [decisions]`.
+    """
+    trainer = make_trainer(
+        host,
+        train_data=train_data,
+        val_data=val_data,
+        loss_fn=loss_fn,
+        example_input=example_input,
+        db_path=db_path,
+        seed_layers=seed_layers,
+        metric_fn=metric_fn,
+        optimizer_factory=optimizer_factory,
+        controller=controller,
+        config=config,
+        seed=seed,
+        dataset_fingerprint=dataset_fingerprint,
+        on_step=on_step,
+        progress=progress,
+    )
+    return trainer.run(epochs)
+
+
+def built_in_trainer(
+    config: RunConfig,
+    *,
+    seed: int,
+    db_path: str | Path,
+    controller: Controller | None = _DEFAULT,
+    on_step: Callable[[Trainer, int], None] | None = None,
+    progress: bool = False,
+) -> Trainer:
+    """A trainer for the built-in task `config.host.task` (what `esper-es train` runs)."""
+    task = build_task(config, seed)
+    return Trainer(
+        task.host,
+        config=config,
+        master_seed=seed,
+        db_path=db_path,
+        train_data=(task.x_train, task.y_train),
+        val_data=(task.x_val, task.y_val),
+        loss_fn=task.loss_fn,
+        metric_fn=task.metric_fn,
+        example_input=task.example_input,
+        controller=controller,
+        dataset_fingerprint=task.fingerprint,
+        on_step=on_step,
+        progress=progress,
+    )
+
+
+def built_in(
+    config: RunConfig, *, seed: int, db_path: str | Path, progress: bool = False
+) -> TrainResult:
+    """Train the built-in task of `config` and return the result."""
+    return built_in_trainer(config, seed=seed, db_path=db_path, progress=progress).run()

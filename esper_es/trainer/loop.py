@@ -1,0 +1,701 @@
+"""The trainer (SPEC §5): a deterministic training loop whose every change is an event.
+
+Training runs step by step; between steps is a *boundary*. At each boundary the trainer
+gathers commands, in this order: facts due (`EpochCompleted`, `Checkpointed`,
+`TrainingStopped`), the lifecycle driver's commands, then the orchestrator's (queued
+decisions from the controller or from users, planned against the live state); it commits them
+all with one `CommandBus.execute_all` (one transaction), settles the orchestrator's tickets,
+and projects the newly written events, in seq order, into the model and the optimizer. Nothing
+else changes the architecture. Every command carries `step` = the number of optimizer steps
+done so far.
+
+`Checkpointed` at a boundary is recorded first in its transaction: its fingerprints describe
+the model and optimizer after the step's update and before that boundary's lifecycle changes,
+i.e. exactly the state at its own seq. A snapshot, when due, is taken at the same moment.
+
+Determinism: threads are pinned and deterministic algorithms switched on first; the global
+torch / `random` / numpy RNGs are seeded from the master seed; host weights, data order, kernel
+inits and command ids all come from seeds derived from it. The same config and seed give the
+same events (apart from `run_id` and `recorded_at`) and the same final fingerprint.
+
+Ctrl-C: a SIGINT handler (installed while `run` runs in the main thread) only sets a flag; the
+loop stops at the next boundary with a snapshot, a `Checkpointed` and
+`TrainingStopped(reason="interrupted")`. A `KeyboardInterrupt` raised by an `on_step` hook
+(which runs right after a boundary) stops the same way.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from esper_es.command_bus import CommandBus, Outcome
+from esper_es.config import RunConfig
+from esper_es.controller import (
+    Controller,
+    HeuristicController,
+    LayerTelemetry,
+    SeedTelemetryView,
+    Telemetry,
+)
+from esper_es.core import commands as c
+from esper_es.core import events as ev
+from esper_es.core.blending import BlendSchedule
+from esper_es.core.decider import layer_of
+from esper_es.core.decisions import AdaptationDecision, SeedStats
+from esper_es.core.ids import IdSource, derive_seed
+from esper_es.core.lifecycle import KERNEL_STAGES, Stage
+from esper_es.nn.fingerprint import (
+    model_fingerprint,
+    optimizer_fingerprint,
+    state_dict_fingerprint,
+)
+from esper_es.nn.kernels import derive_init_seed, kernel_id_for
+from esper_es.nn.placement import SeedLayerSpec, place_seed_layers
+from esper_es.nn.projector import Projector
+from esper_es.nn.seed_layer import SeedLayer
+from esper_es.nn.telemetry import SeedTelemetry, counterfactual_contribution, grad_norm_ratios
+from esper_es.orchestrator import SeedOrchestrator
+from esper_es.runtime.data import batches as tensor_batches
+from esper_es.runtime.data import num_batches
+from esper_es.runtime.environment import capture_environment, configure_determinism, pin_threads
+from esper_es.runtime.rng import capture_rng_state, encode_rng_state, rng_digest
+from esper_es.store.database import MAIN, RunDatabase
+from esper_es.trainer.driver import DriverSettings, LifecycleDriver, relative_spread
+from esper_es.trainer.snapshots import write_snapshot
+
+Batch = Any
+LossFn = Callable[[nn.Module, Batch], Tensor]
+MetricFn = Callable[[nn.Module, Batch], float]
+OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+#: `(x, y)` tensors (batched by the trainer in the run's data order), or a function of the
+#: epoch (1, 2, …) giving that epoch's batches, or a re-iterable of batches.
+TrainData = tuple[Tensor, Tensor] | Callable[[int], Iterable[Batch]] | Iterable[Batch]
+ValData = tuple[Tensor, Tensor] | Iterable[Batch]
+#: on_step(trainer, step): called right after each boundary; may raise KeyboardInterrupt.
+StepHook = Callable[["Trainer", int], None]
+
+_DEFAULT: Any = object()
+
+
+@attrs.frozen
+class TrainResult:
+    """What a run did: where it is, how well it does, what it grew."""
+
+    run_id: str
+    branch: str
+    head_seq: int
+    fingerprint: str
+    accuracy_start: float | None
+    accuracy_end: float | None
+    val_loss_start: float
+    val_loss_end: float
+    seeds: dict[str, int]
+    events: int
+    db: str
+    steps: int
+    epochs: int
+    interrupted: bool
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (what `esper-es train --json` prints)."""
+        return attrs.asdict(self)
+
+
+def default_optimizer(config: RunConfig) -> OptimizerFactory:
+    """The `[train]` section's optimizer over the host's parameters."""
+    t = config.train
+
+    def make(params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        if t.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay)
+        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+
+    return make
+
+
+class _Probe:
+    """The driver's measurements on the live model (see `trainer.driver.SeedProbe`)."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.t = trainer
+
+    def improvement(self, seed: str) -> float:
+        # The paired advantage (loss without vs with the seed, same batches) rather than the
+        # EMA's drift since TRAINING began: late in training the drift is batch noise and the
+        # host's own progress, while the paired comparison isolates what the seed adds.
+        signal = self.t.seed_telemetry.signals.get(seed)
+        return signal.advantage if signal is not None else 0.0
+
+    def contribution(self, seed: str) -> float:
+        t = self.t
+        return counterfactual_contribution(t.model, seed, t.contribution_batch, t.neg_loss)
+
+    def instability(self, seed: str) -> float:
+        return relative_spread(self.t.recent_losses)
+
+
+class Trainer:
+    """Trains a host with seed layers, recording everything in a run database."""
+
+    def __init__(
+        self,
+        host: nn.Module,
+        *,
+        config: RunConfig,
+        master_seed: int,
+        db_path: str | Path,
+        train_data: TrainData,
+        val_data: ValData,
+        loss_fn: LossFn,
+        example_input: Any,
+        metric_fn: MetricFn | None = None,
+        optimizer_factory: OptimizerFactory | None = None,
+        controller: Controller | None = _DEFAULT,
+        dataset_fingerprint: str | None = None,
+        progress: bool = False,
+        on_step: StepHook | None = None,
+        run_id: str | None = None,
+    ) -> None:
+        self.config = config
+        self.master_seed = int(master_seed)
+        self.db_path = Path(db_path)
+        self.loss_fn = loss_fn
+        self.metric_fn = metric_fn
+        self.train_data = train_data
+        self.val_data = val_data
+        self.example_input = example_input
+        self.dataset_fingerprint = dataset_fingerprint
+        self.progress = progress
+        self.on_step = on_step
+        self.run_id = run_id or f"run-{uuid.uuid4().hex[:12]}"
+        if controller is _DEFAULT:
+            controller = HeuristicController(config.controller)
+        self.controller: Controller | None = controller
+        self._configure_runtime()
+        self.model = host
+        self.layers: dict[str, SeedLayer] = self._place(host)
+        host_params = list(host.parameters())
+        factory = optimizer_factory or default_optimizer(config)
+        self.optimizer = factory(host_params)
+        self.projector = Projector(
+            self.model,
+            self.optimizer,
+            group_options={"lr": config.train.seed_lr, "weight_decay": config.train.weight_decay},
+        )
+        self.seed_telemetry = SeedTelemetry(decay=config.driver.signal_decay)
+        self.recent_losses: deque[float] = deque(maxlen=config.driver.instability_window)
+        self.contribution_batch = self._contribution_batch()
+        self.step = 0
+        self.epoch = 0
+        self.train_loss_history: list[float] = []
+        self.val_loss_history: list[float] = []
+        self.val_accuracy_history: list[float] = []
+        self.last_decision_step: int | None = None
+        self.decisions_this_epoch = 0
+        self._stop = False
+        self.db: RunDatabase | None = None
+        self.bus: CommandBus | None = None
+        self.orchestrator: SeedOrchestrator | None = None
+
+    # --- setting up -----------------------------------------------------------------------
+
+    def _configure_runtime(self) -> None:
+        rt = self.config.runtime
+        pin_threads(rt.threads, rt.interop_threads or None)
+        if rt.deterministic:
+            configure_determinism()
+        # Seeded so that anything a user's host draws (dropout) is a function of the master
+        # seed, and so the RNG digests in `Checkpointed` repeat from run to run.
+        torch.manual_seed(derive_seed(self.master_seed, "torch_global"))
+        random.seed(derive_seed(self.master_seed, "python_global"))
+        np.random.seed(derive_seed(self.master_seed, "numpy_global") % 2**32)
+
+    def _place(self, host: nn.Module) -> dict[str, SeedLayer]:
+        allowed = self.config.seeds.blueprints or None
+        specs = {
+            path: SeedLayerSpec(num_seeds=n, blueprints=allowed)
+            for path, n in self.config.seeds.layers.items()
+        }
+        return place_seed_layers(host, specs, self.example_input)
+
+    def _contribution_batch(self) -> Batch:
+        n = self.config.driver.contribution_examples
+        if isinstance(self.val_data, tuple) and len(self.val_data) == 2:
+            x, y = self.val_data
+            return (x[:n], y[:n])
+        return next(iter(self.val_data))
+
+    def neg_loss(self, model: nn.Module, batch: Batch) -> float:
+        """The contribution metric: minus the task loss (higher is better, continuous)."""
+        return -float(self.loss_fn(model, batch))
+
+    def _ids(self, purpose: str) -> IdSource:
+        return IdSource(random.Random(derive_seed(self.master_seed, "ids", purpose)))
+
+    def _germination(self, seed: str, blueprint: str, command_id: str) -> tuple[str, int]:
+        layer = self.layers[layer_of(seed)]
+        init_seed = derive_init_seed(self.master_seed, command_id)
+        return kernel_id_for(blueprint, layer.shape_kind, layer.channels, init_seed), init_seed
+
+    # --- data -----------------------------------------------------------------------------
+
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch (0 if the data is not sized)."""
+        data = self.train_data
+        if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], Tensor):
+            return num_batches(len(data[0]), self.config.train.batch_size)
+        return len(data) if isinstance(data, Sequence) else 0
+
+    def _epoch_batches(self, epoch: int) -> Iterator[Batch]:
+        data = self.train_data
+        if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], Tensor):
+            x, y = data
+            yield from tensor_batches(x, y, self.config.train.batch_size, self.master_seed, epoch)
+        elif callable(data):
+            yield from data(epoch)
+        else:
+            yield from data
+
+    def _val_batches(self) -> Iterator[Batch]:
+        data = self.val_data
+        if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], Tensor):
+            x, y = data
+            size = self.config.train.val_batch_size
+            for i in range(0, len(x), size):
+                yield (x[i : i + size], y[i : i + size])
+        else:
+            yield from data
+
+    def evaluate(self) -> tuple[float, float | None]:
+        """(mean validation loss, mean validation metric), without side effects."""
+        from esper_es.nn.telemetry import quiet_eval
+
+        total, loss_sum, metric_sum = 0, 0.0, 0.0
+        with quiet_eval(self.model):
+            for batch in self._val_batches():
+                n = _batch_len(batch)
+                loss_sum += float(self.loss_fn(self.model, batch)) * n
+                if self.metric_fn is not None:
+                    metric_sum += float(self.metric_fn(self.model, batch)) * n
+                total += n
+        if total == 0:
+            raise ValueError("the validation data is empty")
+        return loss_sum / total, (metric_sum / total if self.metric_fn is not None else None)
+
+    # --- the run --------------------------------------------------------------------------
+
+    def run(self, epochs: int | None = None) -> TrainResult:
+        """Train for `epochs` (default `config.train.epochs`) and return the result."""
+        epochs = self.config.train.epochs if epochs is None else epochs
+        started = time.perf_counter()
+        self.db = RunDatabase.create(self.db_path, self.run_id)
+        try:
+            with self._sigint():
+                return self._run(epochs, started)
+        finally:
+            self.db.close()
+
+    def _run(self, epochs: int, started: float) -> TrainResult:
+        assert self.db is not None
+        self.bus = bus = CommandBus(self.db, self.config.lifecycle)
+        self.orchestrator = SeedOrchestrator(
+            bus,
+            master_seed=self.master_seed,
+            germination=self._germination,
+            ids=self._ids("orchestrator"),
+        )
+        attach = getattr(self.orchestrator, "attach", None)
+        if attach is not None:
+            attach(self)
+        self.driver = LifecycleDriver(
+            DriverSettings(
+                lifecycle=self.config.lifecycle,
+                schedule=BlendSchedule(self.config.blending.kind, self.config.blending.ramp_steps),
+                training_patience=self.config.driver.training_patience,
+                evaluation_steps=self.config.driver.evaluation_steps,
+                fine_tune_steps=self.config.driver.fine_tune_steps,
+            ),
+            self._ids("driver"),
+        )
+        self._new_id = self._ids("trainer")
+        probe = _Probe(self)
+
+        # Boundary 0: the run, its seed layers, the host's starting quality, a checkpoint.
+        val_loss0, acc0 = self.evaluate()
+        self.val_loss_history.append(val_loss0)
+        if acc0 is not None:
+            self.val_accuracy_history.append(acc0)
+        start_cmds: list[c.Command] = [
+            c.StartRun(
+                command_id=self._new_id(),
+                run_id=self.run_id,
+                master_seed=self.master_seed,
+                config=self.config.to_dict(),
+                dataset_fingerprint=self.dataset_fingerprint,
+                environment=capture_environment(),
+            )
+        ]
+        start_cmds += [layer.register_command(self._new_id()) for layer in self.layers.values()]
+        start_cmds.append(self._fact(ev.EpochCompleted(
+            epoch=0, step=0, train_loss=val_loss0, val_loss=val_loss0, val_accuracy=acc0,
+            metrics={"initial": True},
+        )))  # fmt: skip
+        start_cmds.append(self._checkpoint(0, snapshot=False))
+        self._commit(start_cmds)
+
+        interrupted = False
+        spe = self.steps_per_epoch()
+        bar = self._progress_bar(epochs * spe if spe else None)
+        try:
+            for epoch in range(1, epochs + 1):
+                self.epoch = epoch
+                self.decisions_this_epoch = 0
+                losses: list[float] = []
+                batches = list(self._epoch_batches(epoch))
+                for k, batch in enumerate(batches):
+                    loss = self._train_step(batch)
+                    losses.append(loss)
+                    self.step += 1
+                    last_in_epoch = k == len(batches) - 1
+                    final = last_in_epoch and epoch == epochs
+                    facts: list[c.Command] = []
+                    if last_in_epoch:
+                        train_loss = sum(losses) / len(losses)
+                        val_loss, acc = self.evaluate()
+                        self.train_loss_history.append(train_loss)
+                        self.val_loss_history.append(val_loss)
+                        if acc is not None:
+                            self.val_accuracy_history.append(acc)
+                        facts.append(self._fact(ev.EpochCompleted(
+                            epoch=epoch, step=self.step, train_loss=train_loss,
+                            val_loss=val_loss, val_accuracy=acc, metrics={"steps": len(losses)},
+                        )))  # fmt: skip
+                    stopping = self._stop and not final
+                    if final or stopping:
+                        facts.append(self._checkpoint(epoch, snapshot=True))
+                        facts.append(self._stopped("interrupted" if stopping else "completed"))
+                    elif last_in_epoch:
+                        every = self.config.train.snapshot_every_epochs
+                        snap = every > 0 and epoch % every == 0
+                        facts.append(self._checkpoint(epoch, snapshot=snap))
+                    elif self._checkpoint_due():
+                        facts.append(self._checkpoint(epoch, snapshot=False))
+                    ends = final or stopping
+                    self._boundary(facts, probe, lifecycle=not ends, controller=last_in_epoch)
+                    if bar is not None:
+                        bar(self.step, loss)
+                    if ends:
+                        interrupted = stopping
+                        break
+                    if self.on_step is not None:
+                        try:
+                            self.on_step(self, self.step)
+                        except KeyboardInterrupt:
+                            self._stop = True
+                    if self._stop:
+                        self._commit(
+                            [self._checkpoint(epoch, snapshot=True), self._stopped("interrupted")]
+                        )
+                        interrupted = True
+                        break
+                if interrupted:
+                    break
+        finally:
+            if bar is not None:
+                bar(None, None)
+        return self._result(interrupted, started)
+
+    # --- one step and one boundary ---------------------------------------------------------
+
+    def _train_step(self, batch: Batch) -> float:
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss_fn(self.model, batch)
+        loss.backward()  # type: ignore[no-untyped-call]
+        if self.config.train.seed_training == "own_loss":
+            self._train_seeds_on_own_loss(batch)
+        self.optimizer.step()
+        value = float(loss.detach())
+        self.recent_losses.append(value)
+        every = self.config.driver.observe_every
+        if (self.step + 1) % every == 0:
+            for layer in self.layers.values():
+                for i, seed in enumerate(layer.seed_ids()):
+                    if layer.stage(i) is Stage.TRAINING:
+                        self.seed_telemetry.observe(self.model, seed, batch, self.loss_fn)
+        return value
+
+    def _train_seeds_on_own_loss(self, batch: Batch) -> None:
+        """Give each TRAINING kernel the gradient of the loss with it blended at alpha 1.
+
+        The straight-through gradient `isolation.isolated` hands a TRAINING kernel is dL/dh at
+        the host's own activation h, which the kernel's output never moves: with no feedback the
+        kernel keeps following it (measured on digits: the seed's paired advantage goes
+        negative, i.e. blending it would hurt). So it is replaced by the gradient of the seed's
+        own loss, L(h + k(h)), taken with respect to the kernel's parameters only
+        (`autograd.grad` accumulates nothing into the host's `.grad`, and the pass runs in eval
+        mode, so batch-norm statistics are not touched): the host's outputs and gradients stay
+        exactly as without the seed (L8).
+        """
+        for layer in self.layers.values():
+            for i in range(layer.num_seeds):
+                kernel = layer.kernel(i)
+                if kernel is None or layer.stage(i) is not Stage.TRAINING:
+                    continue
+                params = [p for p in kernel.parameters() if p.requires_grad]
+                modes = [(m, m.training) for m in self.model.modules()]
+                try:
+                    self.model.eval()
+                    with layer.override_alphas({i: 1.0}):
+                        own = self.loss_fn(self.model, batch)
+                    grads = torch.autograd.grad(own, params, allow_unused=True)
+                finally:
+                    for m, training in modes:
+                        m.training = training
+                for p, g in zip(params, grads, strict=True):
+                    p.grad = None if g is None else g.detach()
+
+    def _checkpoint_due(self) -> bool:
+        k = self.config.train.checkpoint_every_steps
+        return k > 0 and self.step % k == 0
+
+    def _boundary(
+        self,
+        facts: list[c.Command],
+        probe: _Probe,
+        *,
+        lifecycle: bool = True,
+        controller: bool = False,
+    ) -> None:
+        assert self.bus is not None and self.orchestrator is not None
+        commands = list(facts)
+        if lifecycle:
+            commands += self.driver.commands(self.step, self._all_seed_states(), probe)
+            every = self.config.train.controller_every_steps
+            if self.controller is not None and (
+                controller or (every > 0 and self.step % every == 0)
+            ):
+                self._run_controller()
+            commands += self.orchestrator.commands_for_boundary(self.step, self._stats())
+        if commands:
+            outcomes = self._commit(commands)
+            self._count_decisions(outcomes)
+
+    def _commit(self, commands: list[c.Command]) -> list[Outcome]:
+        assert self.bus is not None and self.db is not None and self.orchestrator is not None
+        try:
+            outcomes = self.bus.execute_all(commands)
+        except BaseException as exc:
+            self.orchestrator.abort(exc)
+            raise
+        self.orchestrator.settle(outcomes)
+        for rec in self.db.read(from_seq=self.projector.last_seq + 1, branch=self.bus.branch):
+            self.projector.apply(rec.seq, rec.event)
+            if isinstance(rec.event, ev.SeedTrainingStarted):
+                self.seed_telemetry.reset(rec.event.seed)
+        return outcomes
+
+    def _count_decisions(self, outcomes: Sequence[Outcome]) -> None:
+        for o in outcomes:
+            if any(isinstance(e, ev.AdaptationDecided) for e in o.events):
+                self.last_decision_step = self.step
+                self.decisions_this_epoch += 1
+
+    def _all_seed_states(self) -> list[Any]:
+        assert self.bus is not None
+        return [self.bus.seed(s) for layer in self.layers.values() for s in layer.seed_ids()]
+
+    def _stats(self) -> dict[str, SeedStats]:
+        assert self.bus is not None
+        out = {}
+        for seed in self._all_seed_states():
+            if seed.stage in KERNEL_STAGES:
+                out[seed.seed] = SeedStats(
+                    seed=seed.seed,
+                    contribution=self.driver.contributions.get(seed.seed),
+                    improvement=_Probe(self).improvement(seed.seed),
+                )
+        return out
+
+    def telemetry(self) -> Telemetry:
+        """The controller's view of this boundary."""
+        assert self.bus is not None
+        ratios = grad_norm_ratios(self.model)
+        layers = []
+        for name, layer in self.layers.items():
+            views = []
+            for seed_id in layer.seed_ids():
+                s = self.bus.seed(seed_id)
+                holds = s.stage in KERNEL_STAGES
+                views.append(
+                    SeedTelemetryView(
+                        seed=seed_id,
+                        stage=s.stage.value,
+                        alpha=s.alpha,
+                        blueprint=s.blueprint,
+                        improvement=_Probe(self).improvement(seed_id) if holds else None,
+                        contribution=self.driver.contributions.get(seed_id) if holds else None,
+                        grad_norm_ratio=ratios.get(seed_id),
+                    )
+                )
+            layers.append(
+                LayerTelemetry(
+                    name=name,
+                    num_seeds=layer.num_seeds,
+                    seeds=tuple(views),
+                    blueprints=tuple(layer.blueprints),
+                )
+            )
+        return Telemetry(
+            step=self.step,
+            epoch=self.epoch,
+            steps_per_epoch=self.steps_per_epoch(),
+            train_loss_history=tuple(self.train_loss_history[-8:]),
+            val_loss_history=tuple(self.val_loss_history[-8:]),
+            val_accuracy_history=tuple(self.val_accuracy_history[-8:]),
+            last_decision_step=self.last_decision_step,
+            decisions_this_epoch=self.decisions_this_epoch,
+            layers=tuple(layers),
+        )
+
+    def _run_controller(self) -> None:
+        assert self.controller is not None and self.orchestrator is not None
+        snapshot = self.telemetry()
+        for decision in self.controller.decide(snapshot):
+            self.orchestrator.submit(decision, source="controller", telemetry=snapshot.to_dict())
+
+    def submit(self, decision: AdaptationDecision) -> Any:
+        """Queue a user decision for the next boundary; returns the orchestrator's ticket."""
+        assert self.orchestrator is not None, "submit while the run is running (e.g. on_step)"
+        return self.orchestrator.submit(decision, source="user")
+
+    # --- facts ----------------------------------------------------------------------------
+
+    def _fact(self, event: ev.Event) -> c.RecordFact:
+        return c.RecordFact(command_id=self._new_id(), step=self.step, event=event)
+
+    def _checkpoint(self, epoch: int, *, snapshot: bool) -> c.RecordFact:
+        assert self.db is not None
+        key = None
+        if snapshot:
+            rng = encode_rng_state(capture_rng_state())
+            key = write_snapshot(
+                self.db,
+                model=self.model,
+                optimizer=self.optimizer,
+                rng_state=rng,
+                position={"epoch": epoch, "step": self.step},
+                extra={
+                    "train_loss_history": self.train_loss_history,
+                    "val_loss_history": self.val_loss_history,
+                    "val_accuracy_history": self.val_accuracy_history,
+                    "last_decision_step": self.last_decision_step,
+                    "decisions_this_epoch": self.decisions_this_epoch,
+                    "recent_losses": list(self.recent_losses),
+                },
+            ).key
+        return self._fact(
+            ev.Checkpointed(
+                epoch=epoch,
+                step=self.step,
+                fingerprint=model_fingerprint(self.model),
+                optimizer_fingerprint=optimizer_fingerprint(self.optimizer),
+                rng=rng_digest(),
+                snapshot=key,
+                tensors={
+                    k: state_dict_fingerprint({k: t})
+                    for k, t in sorted(self.model.state_dict().items())
+                },
+            )
+        )
+
+    def _stopped(self, reason: str) -> c.RecordFact:
+        return self._fact(ev.TrainingStopped(epoch=self.epoch, step=self.step, reason=reason))
+
+    # --- the end --------------------------------------------------------------------------
+
+    def _result(self, interrupted: bool, started: float) -> TrainResult:
+        assert self.db is not None and self.bus is not None
+        stages = Counter(s.stage.value for s in self._all_seed_states())
+        head = self.db.head_seq(MAIN)
+        return TrainResult(
+            run_id=self.run_id,
+            branch=self.bus.branch,
+            head_seq=head,
+            fingerprint=model_fingerprint(self.model),
+            accuracy_start=self.val_accuracy_history[0] if self.val_accuracy_history else None,
+            accuracy_end=self.val_accuracy_history[-1] if self.val_accuracy_history else None,
+            val_loss_start=self.val_loss_history[0],
+            val_loss_end=self.val_loss_history[-1],
+            seeds=dict(sorted(stages.items())),
+            events=head,
+            db=str(self.db_path),
+            steps=self.step,
+            epochs=self.epoch,
+            interrupted=interrupted,
+            seconds=time.perf_counter() - started,
+        )
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    def _sigint(self) -> Any:
+        trainer = self
+
+        class _Handler:
+            def __enter__(self) -> None:
+                self.previous: Any = None
+                if threading.current_thread() is threading.main_thread():
+
+                    def handle(signum: int, frame: FrameType | None) -> None:
+                        trainer._stop = True
+
+                    self.previous = signal.signal(signal.SIGINT, handle)
+
+            def __exit__(self, *exc: object) -> None:
+                if self.previous is not None:
+                    signal.signal(signal.SIGINT, self.previous)
+
+        return _Handler()
+
+    def _progress_bar(self, total: int | None) -> Callable[[int | None, float | None], None] | None:
+        if not (self.progress and sys.stderr.isatty()):
+            return None
+        from rich.progress import Progress
+
+        bar = Progress(transient=True)
+        bar.start()
+        task = bar.add_task("training", total=total)
+
+        def update(step: int | None, loss: float | None) -> None:
+            if step is None:
+                bar.stop()
+                return
+            bar.update(task, completed=step, description=f"epoch {self.epoch} loss {loss:.4f}")
+
+        return update
+
+
+def _batch_len(batch: Batch) -> int:
+    first = batch[0] if isinstance(batch, tuple | list) else batch
+    return len(first)
+
+
+def seed_counts(states: Mapping[str, Any]) -> dict[str, int]:
+    """Seeds per stage name."""
+    return dict(sorted(Counter(s.stage.value for s in states.values()).items()))
