@@ -66,6 +66,26 @@ def state_dict_fingerprint(state: Mapping[str, Any]) -> str:
     return "sha256:" + h.hexdigest()
 
 
+def fingerprint_with_digests(state: Mapping[str, Tensor]) -> tuple[str, dict[str, str]]:
+    """The state dict's fingerprint and each entry's own, reading every tensor's bytes once.
+
+    A checkpoint records both (the per-entry digests let a diverging replay name the tensors
+    that differ); computing them in one pass halves the checkpoint's hashing (B2).
+    """
+    whole = hashlib.sha256()
+    each: dict[str, str] = {}
+    for key in sorted(state):
+        t = state[key]
+        if not isinstance(t, Tensor):
+            raise TypeError(f"state_dict entry {key!r} is a {type(t).__name__}, not a tensor")
+        data, dtype = tensor_bytes(t), dtype_name(t.dtype)
+        one = hashlib.sha256()
+        _update(one, key, dtype, t.shape, data)
+        _update(whole, key, dtype, t.shape, data)
+        each[key] = "sha256:" + one.hexdigest()
+    return "sha256:" + whole.hexdigest(), each
+
+
 def model_fingerprint(model: nn.Module) -> str:
     """Fingerprint of `model.state_dict()` (SPEC §7)."""
     return state_dict_fingerprint(model.state_dict())

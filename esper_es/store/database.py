@@ -470,6 +470,17 @@ class RunDatabase:
             )
         return key
 
+    def put_blobs(self, blobs: Sequence[bytes]) -> list[str]:
+        """Store several blobs in one transaction (one fsync); returns their keys in order."""
+        self._require_writer()
+        rows = [(hashlib.sha256(b).hexdigest(), len(b), b) for b in blobs]
+        if rows:
+            with self._mutex, _transaction(self._conn):
+                self._conn.executemany(
+                    "INSERT OR IGNORE INTO blobs (key, size, data) VALUES (?,?,?)", rows
+                )
+        return [r[0] for r in rows]
+
     def has_blob(self, key: str) -> bool:
         """Whether a blob with this key is stored."""
         return self._conn.execute("SELECT 1 FROM blobs WHERE key=?", (key,)).fetchone() is not None

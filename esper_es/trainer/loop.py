@@ -60,9 +60,9 @@ from esper_es.core.decisions import AdaptationDecision, SeedStats
 from esper_es.core.ids import IdSource, derive_seed
 from esper_es.core.lifecycle import KERNEL_STAGES, Stage
 from esper_es.nn.fingerprint import (
+    fingerprint_with_digests,
     model_fingerprint,
     optimizer_fingerprint,
-    state_dict_fingerprint,
 )
 from esper_es.nn.kernels import derive_init_seed, kernel_id_for
 from esper_es.nn.placement import SeedLayerSpec, place_seed_layers
@@ -610,18 +610,16 @@ class Trainer:
                     "recent_losses": list(self.recent_losses),
                 },
             ).key
+        fingerprint, tensors = fingerprint_with_digests(self.model.state_dict())
         return self._fact(
             ev.Checkpointed(
                 epoch=epoch,
                 step=self.step,
-                fingerprint=model_fingerprint(self.model),
+                fingerprint=fingerprint,
                 optimizer_fingerprint=optimizer_fingerprint(self.optimizer),
                 rng=rng_digest(),
                 snapshot=key,
-                tensors={
-                    k: state_dict_fingerprint({k: t})
-                    for k, t in sorted(self.model.state_dict().items())
-                },
+                tensors=tensors,
             )
         )
 

@@ -45,15 +45,22 @@ class _Writer:
         self.new_bytes = 0
         self.total_bytes = 0
 
+        self.pending: dict[str, bytes] = {}
+
     def blob(self, data: bytes) -> str:
         key = hashlib.sha256(data).hexdigest()
         self.total_bytes += len(data)
-        # Checking first skips a write transaction for every unchanged tensor.
-        if not self.db.has_blob(key):
-            self.db.put_blob(data)
+        # Unchanged tensors are already stored; new ones are written together in `flush`,
+        # one transaction (one fsync) for the whole snapshot instead of one per tensor (B2).
+        if key not in self.pending and not self.db.has_blob(key):
+            self.pending[key] = data
             self.new_blobs += 1
             self.new_bytes += len(data)
         return key
+
+    def flush(self) -> None:
+        self.db.put_blobs(list(self.pending.values()))
+        self.pending.clear()
 
     def tensor(self, t: Tensor) -> dict[str, Any]:
         self.tensors += 1
@@ -101,6 +108,7 @@ def write_snapshot(
         "extra": dict(extra or {}),
     }
     key = w.blob(canonical_bytes(manifest))
+    w.flush()
     return SnapshotStats(key, w.tensors, w.new_blobs, w.new_bytes, w.total_bytes)
 
 

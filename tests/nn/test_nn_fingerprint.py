@@ -87,3 +87,13 @@ def test_manifest_is_json_able_and_carries_the_fingerprint() -> None:
     assert json.loads(json.dumps(manifest)) == manifest
     assert manifest["fingerprint"] == model_fingerprint(model)
     assert [s["stage"] for s in manifest["layers"]["layer2"]["seeds"]] == ["DORMANT", "DORMANT"]
+
+
+def test_fingerprint_with_digests_matches_the_separate_computations() -> None:
+    """One pass gives the SPEC §7 fingerprint and each entry's own, as computed separately."""
+    from esper_es.nn.fingerprint import fingerprint_with_digests
+
+    state = {"b": torch.arange(6.0).reshape(2, 3), "a": torch.tensor([-0.0, 1.5])}
+    whole, each = fingerprint_with_digests(state)
+    assert whole == state_dict_fingerprint(state)
+    assert each == {k: state_dict_fingerprint({k: t}) for k, t in state.items()}

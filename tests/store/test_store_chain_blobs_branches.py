@@ -90,6 +90,16 @@ def test_blobs_are_content_addressed(db: RunDatabase) -> None:
     assert db.connection.execute("SELECT size FROM blobs WHERE key=?", (key,)).fetchone()[0] == 1024
 
 
+def test_put_blobs_stores_a_batch_once_each(db: RunDatabase) -> None:
+    """put_blobs writes new blobs in one go, skips stored ones, and keys them like put_blob."""
+    first = db.put_blob(b"kept")
+    keys = db.put_blobs([b"kept", b"new", b"new"])
+    assert keys == [first, hashlib.sha256(b"new").hexdigest(), hashlib.sha256(b"new").hexdigest()]
+    assert db.get_blob(keys[1]) == b"new"
+    assert db.connection.execute("SELECT COUNT(*) FROM blobs").fetchone()[0] == 2
+    assert db.put_blobs([]) == []
+
+
 def test_missing_blob_is_a_key_error(db: RunDatabase) -> None:
     assert not db.has_blob("0" * 64)
     with pytest.raises(KeyError):
