@@ -127,6 +127,13 @@ class SeedsConfig:
     """Module path -> number of seed slots placed right after that module."""
     blueprints: tuple[str, ...] = ()
     """Blueprints allowed in every seed layer (empty: every registered blueprint that fits)."""
+    kernel_config: dict[str, dict[str, Any]] = attrs.field(
+        factory=lambda: {"conv3x3": {"expansion": 4.0}, "mlp": {"expansion": 8.0}}
+    )
+    """Blueprint name -> config overrides its kernels are built with; recorded in each
+    `SeedGerminated` and checked against the blueprint library when training starts. The
+    defaults make the width-bearing kernels wider than the narrow host they grow in
+    (`expansion`: hidden width = the seed layer's channels x expansion), so seeds add capacity."""
 
 
 @attrs.frozen(slots=True)

@@ -96,15 +96,27 @@ class ModificationTicket:
         return await asyncio.wrap_future(self.future)
 
 
-def default_germination(bus: CommandBus, master_seed: int) -> Germination:
-    """Kernel ids and init seeds from `esper_es.nn.kernels` (imports torch on first use)."""
+def default_germination(
+    bus: CommandBus,
+    master_seed: int,
+    kernel_config: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Germination:
+    """Kernel ids, init seeds and configs from `esper_es.nn.kernels` (imports torch on first use).
 
-    def germination(seed: str, blueprint: str, command_id: str) -> tuple[str, int]:
-        from esper_es.nn.kernels import derive_init_seed, kernel_id_for
+    `kernel_config` maps a blueprint name to its config overrides (the run config's
+    `[seeds.kernel_config]`); the germination records the resolved config.
+    """
+    overrides = {name: dict(cfg) for name, cfg in (kernel_config or {}).items()}
+
+    def germination(seed: str, blueprint: str, command_id: str) -> tuple[str, int, dict[str, Any]]:
+        from esper_es.nn.kernels import derive_init_seed, kernel_spec
 
         layer = bus.layers[layer_of(seed)]
         init_seed = derive_init_seed(master_seed, command_id)
-        return kernel_id_for(blueprint, layer.shape_kind, layer.channels, init_seed), init_seed
+        spec = kernel_spec(
+            blueprint, layer.shape_kind, layer.channels, init_seed, overrides.get(blueprint)
+        )
+        return spec.kernel_id, init_seed, dict(spec.config)
 
     return germination
 

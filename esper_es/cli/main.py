@@ -118,6 +118,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         db.branch(args.branch)
         view = lifecycle_at(db, args.at, args.branch)
         obj = {**_run_fields(db, args.branch, view["fingerprint"]), **view}
+    if args.at is not None:
+        obj["model"] = _model_at(args.db, args.at, args.branch)
+        if obj["model"].get("fingerprint"):
+            obj["fingerprint"] = obj["model"]["fingerprint"]
 
     def text() -> None:
         print(f"run {obj['run_id']}  branch {obj['branch']}  at seq {obj['at_seq']}")
@@ -130,6 +134,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     _emit(args, obj, text)
     return EXIT_OK
+
+
+def _model_at(db: str, seq: int, branch: str) -> dict[str, Any]:
+    """The model's fingerprint and architecture at `seq`, replayed from the nearest snapshot."""
+    from esper_es.errors import EsperError as _Err
+    from esper_es.replay.replayer import replay_model
+
+    try:
+        return replay_model(db, seq, branch)
+    except (_Err, KeyError, ValueError, TypeError) as exc:
+        return {"fingerprint": None, "manifest": None, "unavailable": str(exc)}
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -228,6 +243,83 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_INTERRUPTED if result.interrupted else EXIT_OK
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Re-execute a run from its log and check it bit for bit."""
+    from esper_es.errors import EXIT_VERIFY
+    from esper_es.replay import Divergence, replay
+
+    try:
+        result = replay(
+            args.db, to_seq=args.to, branch=args.branch, out=args.out,
+            recompute_decisions=args.recompute_decisions,
+            allow_env_mismatch=args.allow_env_mismatch,
+        )  # fmt: skip
+    except Divergence as exc:
+        print(f"esper-es: {exc}", file=sys.stderr)
+        obj = {"error": "Divergence", "message": str(exc), "exit_code": EXIT_VERIFY}
+        obj.update(exc.to_dict())
+        if args.json:
+            sys.stdout.write(json.dumps(obj, sort_keys=True, default=str) + "\n")
+        return EXIT_VERIFY
+    obj = {**result.to_dict(), "seconds": round(result.seconds, 3), "out": args.out}
+
+    def text() -> None:
+        what = "recomputed" if result.recomputed else "replayed"
+        start = f"from the snapshot at seq {result.from_snapshot}" if result.from_snapshot else ""
+        print(
+            f"OK  {what} run {result.run_id} branch {result.branch} to seq {result.head_seq} "
+            f"{start}({result.steps} steps, {result.checkpoints_checked} checkpoints checked) "
+            f"in {result.seconds:.2f} s"
+        )
+        print(f"fingerprint: {result.fingerprint}")
+        if args.out:
+            print(f"model written to {args.out}")
+
+    _emit(args, obj, text)
+    return EXIT_OK
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """Open a branch whose state is the state at SEQ."""
+    from esper_es.replay import rollback
+
+    obj = rollback(args.db, args.to, allow_env_mismatch=args.allow_env_mismatch)
+    _emit(
+        args,
+        obj,
+        lambda: print(
+            f"opened branch {obj['branch']} at seq {obj['to_seq']} of {obj['from_branch']} "
+            f"(step {obj['step']}); continue it with: esper-es resume {args.db} "
+            f"--branch {obj['branch']}\nfingerprint: {obj['fingerprint']}"
+        ),
+    )
+    return EXIT_OK
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Continue a stopped, crashed or rolled-back run."""
+    from esper_es.replay import resume
+
+    if args.epochs is not None and args.epochs < 1:
+        raise UsageError("--epochs must be at least 1")
+    result = resume(
+        args.db, epochs=args.epochs, branch=args.branch,
+        allow_env_mismatch=args.allow_env_mismatch,
+    )  # fmt: skip
+    obj = {**result.to_dict(), "seconds": round(result.seconds, 3)}
+    _emit(
+        args,
+        obj,
+        lambda: print(
+            f"run {result.run_id} branch {result.branch} "
+            f"{'interrupted' if result.interrupted else 'completed'} at step {result.steps} "
+            f"(epoch {result.epochs}), head seq {result.head_seq}\n"
+            f"fingerprint: {result.fingerprint}"
+        ),
+    )
+    return EXIT_INTERRUPTED if result.interrupted else EXIT_OK
+
+
 def _progress(total: int) -> Callable[[int, int], None]:
     from rich.console import Console
 
@@ -304,6 +396,30 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--db", help="run database to create (default: runs/<run_id>.db)")
     sp.add_argument("--epochs", type=int, help="override train.epochs")
     sp.add_argument("--seed", type=int, help="master seed (default 0)")
+    sp = add("replay", cmd_replay, "re-execute a run from its log and check it bit for bit")
+    sp.add_argument("db")
+    sp.add_argument("--to", type=int, metavar="SEQ", help="stop after this seq (from a snapshot)")
+    sp.add_argument("--branch", default="main")
+    sp.add_argument("--out", metavar="FILE", help="write the model with its architecture")
+    sp.add_argument(
+        "--recompute-decisions",
+        action="store_true",
+        help="run the controller and driver live; report the first difference",
+    )
+    sp.add_argument(
+        "--allow-env-mismatch",
+        action="store_true",
+        help="replay even where the environment differs from the recorded one",
+    )
+    sp = add("rollback", cmd_rollback, "open a branch whose state is the state at SEQ")
+    sp.add_argument("db")
+    sp.add_argument("--to", type=int, metavar="SEQ", required=True)
+    sp.add_argument("--allow-env-mismatch", action="store_true")
+    sp = add("resume", cmd_resume, "continue a stopped, crashed or rolled-back run")
+    sp.add_argument("db")
+    sp.add_argument("--epochs", type=int, help="train to this many epochs in all")
+    sp.add_argument("--branch", help="the branch to continue (default: the newest)")
+    sp.add_argument("--allow-env-mismatch", action="store_true")
     sp = add("verify", cmd_verify, "check hash chain, gap-free sequence, schemas, stream versions")
     sp.add_argument("db")
     sp = add("history", cmd_history, "the audit timeline, with causes")

@@ -38,6 +38,8 @@ class GerminateSeed(SeedCommand):
     kernel_id: str
     init_seed: int
     blend_target: float | None = None
+    config: dict[str, Any] = attrs.field(factory=dict)
+    """The blueprint config to build the kernel with (`{}`: the blueprint's defaults)."""
 
 
 @attrs.frozen(slots=True, kw_only=True)

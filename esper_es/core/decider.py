@@ -9,7 +9,7 @@ folding (B5), hence the per-type functions and direct constructor calls.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar, overload
 
 import attrs
@@ -82,6 +82,10 @@ def _decide_seed(s: SeedState, cmd: c.SeedCommand, ctx: Context) -> tuple[ev.Eve
             raise IllegalTransition(
                 s.seed, s.stage.value, trigger, f"blend target {target!r} is outside [0, 1]"
             )
+        if not isinstance(cmd.config, Mapping) or not all(isinstance(k, str) for k in cmd.config):
+            raise IllegalTransition(
+                s.seed, s.stage.value, trigger, f"kernel config {cmd.config!r} is not a table"
+            )
         return (
             ev.SeedGerminated(
                 seed=s.seed,
@@ -91,6 +95,7 @@ def _decide_seed(s: SeedState, cmd: c.SeedCommand, ctx: Context) -> tuple[ev.Eve
                 kernel_id=cmd.kernel_id,
                 init_seed=cmd.init_seed,
                 blend_target=float(target),
+                config=dict(cmd.config),
             ),
         )
     if isinstance(cmd, c.StartGrafting):

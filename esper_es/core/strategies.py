@@ -42,8 +42,10 @@ from esper_es.core.lifecycle import KERNEL_STAGES, Stage
 from esper_es.core.state import LayerState, SeedState
 from esper_es.errors import UnknownBlueprint
 
-#: `germination(seed_id, blueprint, command_id) -> (kernel_id, init_seed)`.
-Germination = Callable[[str, str, str], tuple[str, int]]
+#: `germination(seed_id, blueprint, command_id) -> (kernel_id, init_seed[, config])`: the
+#: kernel a germination loads; `config` (the blueprint config it is built with, recorded in
+#: `SeedGerminated`) may be left out, meaning the blueprint's defaults.
+Germination = Callable[[str, str, str], tuple[str, int] | tuple[str, int, Mapping[str, Any]]]
 
 _CULLABLE = frozenset({Stage.TRAINING, Stage.EVALUATING, Stage.FINE_TUNING})
 _ROLLBACKABLE = frozenset({Stage.GRAFTING, Stage.STABILIZATION})
@@ -193,13 +195,14 @@ class _Planner:
 
     def germinate(self, seed: str, blueprint: str, target: float | None = None) -> None:
         kw = self.base(seed)
-        kernel_id, init_seed = self.germination(seed, blueprint, kw["command_id"])
+        made = self.germination(seed, blueprint, kw["command_id"])
         self.commands.append(
             c.GerminateSeed(
                 blueprint=blueprint,
-                kernel_id=kernel_id,
-                init_seed=int(init_seed),
+                kernel_id=made[0],
+                init_seed=int(made[1]),
                 blend_target=target,
+                config=dict(made[2]) if len(made) > 2 else {},
                 **kw,
             )
         )

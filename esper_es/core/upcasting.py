@@ -54,3 +54,10 @@ def upcast(type_name: str, version: int, payload: Payload) -> tuple[int, Payload
 def _germinated_v1_to_v2(payload: Payload) -> Payload:
     # v1 recorded no blend target: every seed of that era ramped to full weight.
     return {**payload, "blend_target": 1.0}
+
+
+@upcaster("SeedGerminated", 2)
+def _germinated_v2_to_v3(payload: Payload) -> Payload:
+    # v2 recorded no kernel config: every kernel of that era was built with its blueprint's
+    # defaults, which `{}` means (the kernel id, a hash of the resolved config, still checks it).
+    return {**payload, "config": {}}

@@ -4,6 +4,12 @@ A blueprint's module maps an activation to a *delta* of the same shape; its seed
 `alpha * delta` to the host's activation. Every module names its output layer `out`, which is
 initialised small (see `kernels.OUT_SCALE`): the kernel starts close to "no change", so the
 host's function moves smoothly while alpha ramps.
+
+Width, i.e. how much capacity a kernel adds, is part of its config: `conv3x3` and `mlp` have
+`expansion` (hidden width = the activation's channels x expansion, so a kernel can be wider
+than the narrow host it sits in), `lora` has `rank`, `se_attention` has `reduction`. The
+defaults never change for a given blueprint version: a kernel id hashes the resolved config,
+and a `SeedGerminated` recorded before configs were logged (`config = {}`) means the defaults.
 """
 
 from __future__ import annotations
@@ -38,13 +44,17 @@ class Blueprint:
     description: str = ""
 
     def resolve_config(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """The default config updated by `overrides`; unknown keys are refused."""
+        """The default config updated by `overrides`; unknown keys and wrong types are refused.
+
+        A value takes its default's type (an integer where the default is a float becomes that
+        float), so `expansion = 8` and `expansion = 8.0` resolve, and hash, alike.
+        """
         resolved = dict(self.config)
         for key, value in (overrides or {}).items():
             if key not in resolved:
                 known = ", ".join(sorted(resolved)) or "(none)"
                 raise ConfigError(f"{self.name}.{key}", f"unknown key; known: {known}")
-            resolved[key] = value
+            resolved[key] = _like(resolved[key], value, f"{self.name}.{key}")
         return resolved
 
     def fits(self, shape_kind: str, channels: int, config: Mapping[str, Any] | None = None) -> bool:
@@ -54,6 +64,25 @@ class Blueprint:
         if self.fits_channels is None:
             return True
         return bool(self.fits_channels(channels, self.resolve_config(config)))
+
+
+def _like(default: Any, value: Any, key: str) -> Any:
+    """`value` checked against, and converted to, the type of `default` (JSON scalars only)."""
+    kind = type(default)
+    if kind is bool or isinstance(value, bool):
+        ok = kind is bool and isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, int | float) and math.isfinite(value)
+        value = float(value) if ok else value
+    elif kind in (int, str):
+        ok = isinstance(value, kind)
+    else:
+        return value
+    if not ok:
+        raise ConfigError(
+            key, f"expected {kind.__name__} like the default {default!r}, got {value!r}"
+        )
+    return value
 
 
 _REGISTRY: dict[str, Blueprint] = {}
@@ -283,9 +312,14 @@ def _hidden(channels: int, expansion: float) -> int:
 # --- the built-in blueprints --------------------------------------------------------------
 
 
-@register_blueprint("conv3x3", shape_kinds=("image",), config={"expansion": 1.0})
+@register_blueprint(
+    "conv3x3",
+    shape_kinds=("image",),
+    config={"expansion": 1.0},
+    fits=lambda c, cfg: cfg["expansion"] > 0,
+)
 def _conv3x3(shape_kind: str, channels: int, config: Mapping[str, Any]) -> nn.Module:
-    """Residual 3x3 conv block (conv, ReLU, conv)."""
+    """Residual 3x3 conv block (conv, ReLU, conv); hidden channels = channels x expansion."""
     return ConvResidual(channels, _hidden(channels, config["expansion"]))
 
 
@@ -300,22 +334,27 @@ def _depthwise(shape_kind: str, channels: int, config: Mapping[str, Any]) -> nn.
     return DepthwiseSeparable(channels, int(config["kernel_size"]))
 
 
-@register_blueprint("se_attention", shape_kinds=("image", "sequence"), config={"reduction": 4})
+@register_blueprint(
+    "se_attention",
+    shape_kinds=("image", "sequence"),
+    config={"reduction": 4},
+    fits=lambda c, cfg: cfg["reduction"] >= 1,
+)
 def _se(shape_kind: str, channels: int, config: Mapping[str, Any]) -> nn.Module:
     """Squeeze-excitation channel attention (causal pooling on sequences)."""
     return SqueezeExcite(shape_kind, channels, max(1, channels // int(config["reduction"])))
 
 
-@register_blueprint("mlp", config={"expansion": 2.0})
+@register_blueprint("mlp", config={"expansion": 2.0}, fits=lambda c, cfg: cfg["expansion"] > 0)
 def _mlp(shape_kind: str, channels: int, config: Mapping[str, Any]) -> nn.Module:
-    """Two-layer MLP over channels (Linear, GELU, Linear), at every position."""
+    """Two-layer MLP over channels (Linear, GELU, Linear) at every position; hidden x expansion."""
     hidden = _hidden(channels, config["expansion"])
     return ChannelWise(
         shape_kind, nn.Linear(channels, hidden), nn.Linear(hidden, channels), nn.GELU()
     )
 
 
-@register_blueprint("lora", config={"rank": 4})
+@register_blueprint("lora", config={"rank": 4}, fits=lambda c, cfg: cfg["rank"] >= 1)
 def _lora(shape_kind: str, channels: int, config: Mapping[str, Any]) -> nn.Module:
     """Low-rank adapter: down-projection to `rank`, up-projection back, no bias."""
     rank = int(config["rank"])

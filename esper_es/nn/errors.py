@@ -45,9 +45,10 @@ class KernelMismatch(EsperError):
         self.recorded = recorded
         self.computed = computed
         super().__init__(
-            f"seed {seed}: event records kernel {recorded}, but its blueprint, shape and init "
-            f"seed give {computed}; register the kernel's config with the projector "
-            "(kernel_specs=...) or pass strict_kernel_ids=False"
+            f"seed {seed}: event records kernel {recorded}, but its blueprint, config, shape "
+            f"and init seed give {computed} (a different blueprint version or defaults?); "
+            "register the kernel's spec with the projector (kernel_specs=...) or pass "
+            "strict_kernel_ids=False"
         )
 
 

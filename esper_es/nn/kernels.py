@@ -16,7 +16,8 @@ from torch import Tensor, nn
 
 from esper_es.core.canonical import canonical_json
 from esper_es.core.ids import derive_seed, kernel_id
-from esper_es.nn.blueprints import SHAPE_KINDS, get_blueprint
+from esper_es.errors import ConfigError
+from esper_es.nn.blueprints import SHAPE_KINDS, get_blueprint, known_blueprints
 from esper_es.nn.errors import ShapeNotFitting
 
 #: Scale of the output layer's init relative to the fan-in default. Small, so a fresh kernel
@@ -88,6 +89,18 @@ def kernel_id_for(
 ) -> str:
     """The kernel id a germination command should carry, without building the kernel."""
     return kernel_spec(blueprint, shape_kind, channels, init_seed, config).kernel_id
+
+
+def check_kernel_config(kernel_config: Mapping[str, Mapping[str, Any]], key: str) -> None:
+    """Refuse, naming `key.<blueprint>[.<field>]`, overrides of unknown blueprints or fields."""
+    for name, overrides in kernel_config.items():
+        if name not in known_blueprints():
+            known = ", ".join(known_blueprints())
+            raise ConfigError(f"{key}.{name}", f"unknown blueprint; known: {known}")
+        try:
+            get_blueprint(name).resolve_config(overrides)
+        except ConfigError as exc:
+            raise ConfigError(f"{key}.{exc.key}", exc.problem) from None
 
 
 class Kernel(nn.Module):

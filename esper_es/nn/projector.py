@@ -70,6 +70,27 @@ class Projector:
         self.last_seq = seq
         return True
 
+    def apply_visible(self, seq: int, event: ev.Event, *, after: int) -> bool:
+        """Project one event read from a branch's view, `after` being the seq before it there.
+
+        On a branch the visible seqs jump at its fork point (and wherever other branches
+        appended in between): the caller vouches, by reading one branch's view in order, that
+        no seq between `after` and `seq` is visible on it. The projector still refuses a jump
+        from anywhere but its own position, so no visible event is ever skipped.
+        """
+        if seq <= self.last_seq:
+            return False
+        if after != self.last_seq or seq <= after:
+            raise ProjectionError(
+                seq, f"expected the event after seq {self.last_seq}, got one after {after}"
+            )
+        self.last_seq = seq - 1
+        try:
+            return self.apply(seq, event)
+        except BaseException:
+            self.last_seq = after
+            raise
+
     def apply_all(self, pairs: Iterable[tuple[int, ev.Event]]) -> int:
         """Project every pair in order; returns how many were applied (not skipped)."""
         return sum(1 for seq, event in pairs if self.apply(seq, event))
@@ -148,7 +169,9 @@ class Projector:
             event.init_seed,
             event.blueprint,
         ):
-            spec = kernel_spec(event.blueprint, layer.shape_kind, layer.channels, event.init_seed)
+            spec = kernel_spec(
+                event.blueprint, layer.shape_kind, layer.channels, event.init_seed, event.config
+            )
             if spec.kernel_id != event.kernel_id and self.strict_kernel_ids:
                 raise KernelMismatch(event.seed, event.kernel_id, spec.kernel_id)
         ref = next(iter(layer.buffers()))

@@ -64,6 +64,10 @@ class DriverSettings:
     fine_tune_steps: int = 30
 
 
+#: Stages whose seed has had its current kernel's contribution measured.
+_MEASURED_STAGES = frozenset({Stage.EVALUATING, Stage.FINE_TUNING, Stage.FOSSILIZED})
+
+
 class LifecycleDriver:
     """Issues each boundary's lifecycle commands (see the module doc for the rules)."""
 
@@ -79,6 +83,10 @@ class LifecycleDriver:
         """The lifecycle commands for the boundary at `step`, in seed id order."""
         out: list[c.SeedCommand] = []
         for seed in sorted(seeds, key=lambda s: s.seed):
+            if seed.stage not in _MEASURED_STAGES:
+                # A measurement belongs to the kernel it was taken of: once that kernel is
+                # gone (culled, rolled back, or a new one germinated) it must not be reported.
+                self.contributions.pop(seed.seed, None)
             out.extend(self._for_seed(step, seed, probe))
         return out
 

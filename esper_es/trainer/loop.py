@@ -36,7 +36,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import numpy as np
@@ -64,7 +64,7 @@ from esper_es.nn.fingerprint import (
     model_fingerprint,
     optimizer_fingerprint,
 )
-from esper_es.nn.kernels import derive_init_seed, kernel_id_for
+from esper_es.nn.kernels import check_kernel_config, derive_init_seed, kernel_spec
 from esper_es.nn.placement import SeedLayerSpec, place_seed_layers
 from esper_es.nn.projector import Projector
 from esper_es.nn.seed_layer import SeedLayer
@@ -90,6 +90,51 @@ ValData = tuple[Tensor, Tensor] | Iterable[Batch]
 StepHook = Callable[["Trainer", int], None]
 
 _DEFAULT: Any = object()
+
+
+@attrs.frozen
+class Position:
+    """Where a restored trainer stands in its epoch (see `Trainer.train_from`)."""
+
+    epoch: int
+    index: int
+    """Batches of `epoch` already trained."""
+    losses: tuple[float, ...] = ()
+    """Their losses (the epoch's mean training loss needs them)."""
+    pending: str = "none"
+    """What of the boundary at the current step is still to do: `none`, `lifecycle` (the
+    driver, controller and orchestrator) or `recorded` (the log's remaining events of it)."""
+
+
+class ReplaySource(Protocol):
+    """Where a re-executing trainer's boundaries come from (implemented in `esper_es.replay`).
+
+    `recorded`: apply the log's events at each boundary (`apply_boundary`); otherwise the
+    boundary's commands are computed live and the bus matches them against the log until it
+    is `exhausted`, then `go_live` swaps in a writing bus (resume) or `finished` ends the run.
+    """
+
+    recorded: bool
+
+    def apply_boundary(self, trainer: Trainer) -> bool:
+        """Apply the log's events of the trainer's current step; True once nothing is left."""
+        ...
+
+    def before_boundary(self, trainer: Trainer) -> None:
+        """Called before a re-computed boundary builds its commands."""
+        ...
+
+    def exhausted(self) -> bool:
+        """No recorded event is left to match."""
+        ...
+
+    def finished(self) -> bool:
+        """The re-execution reached its end (nothing left, and not continuing live)."""
+        ...
+
+    def go_live(self, trainer: Trainer) -> None:
+        """Switch the trainer to live commits (resume), or refuse."""
+        ...
 
 
 @attrs.frozen
@@ -187,6 +232,7 @@ class Trainer:
         if controller is _DEFAULT:
             controller = HeuristicController(config.controller)
         self.controller: Controller | None = controller
+        check_kernel_config(config.seeds.kernel_config, "seeds.kernel_config")
         self._configure_runtime()
         self.model = host
         self.layers: dict[str, SeedLayer] = self._place(host)
@@ -209,6 +255,15 @@ class Trainer:
         self.last_decision_step: int | None = None
         self.decisions_this_epoch = 0
         self._stop = False
+        self.id_sources: dict[str, IdSource] = {
+            p: self._ids(p) for p in ("orchestrator", "driver", "trainer")
+        }
+        #: Branch id prefix -> main's prefix of the same source (see `use_branch_ids`).
+        self._main_prefixes: dict[str, str] = {}
+        self.replay_source: ReplaySource | None = None
+        self.writes_snapshots = True
+        self.batches_done = 0
+        self.epoch_losses: list[float] = []
         self.db: RunDatabase | None = None
         self.bus: CommandBus | None = None
         self.orchestrator: SeedOrchestrator | None = None
@@ -245,13 +300,36 @@ class Trainer:
         """The contribution metric: minus the task loss (higher is better, continuous)."""
         return -float(self.loss_fn(model, batch))
 
-    def _ids(self, purpose: str) -> IdSource:
-        return IdSource(random.Random(derive_seed(self.master_seed, "ids", purpose)))
+    def _ids(self, purpose: str, branch: str = MAIN) -> IdSource:
+        tags: tuple[str, ...] = (purpose,) if branch == MAIN else (purpose, "branch", branch)
+        return IdSource(random.Random(derive_seed(self.master_seed, "ids", *tags)))
 
-    def _germination(self, seed: str, blueprint: str, command_id: str) -> tuple[str, int]:
+    def use_branch_ids(self, branch: str) -> None:
+        """Issue ids with `branch`'s prefixes from now on, keeping every source's count.
+
+        A branch re-running main's commands must not reuse main's event ids (the database
+        keeps them unique), yet a kernel germinated on it must get the init seed main would
+        give it: `canonical_id` maps a branch id back to main's for that derivation.
+        """
+        for purpose, source in self.id_sources.items():
+            prefix = self._ids(purpose, branch).prefix
+            self._main_prefixes[prefix] = self._ids(purpose).prefix
+            source.prefix = prefix
+
+    def canonical_id(self, command_id: str) -> str:
+        """`command_id` as main would have issued it (unchanged on main)."""
+        prefix, sep, count = command_id.rpartition("-")
+        main = self._main_prefixes.get(prefix)
+        return f"{main}{sep}{count}" if main is not None else command_id
+
+    def _germination(
+        self, seed: str, blueprint: str, command_id: str
+    ) -> tuple[str, int, dict[str, Any]]:
         layer = self.layers[layer_of(seed)]
-        init_seed = derive_init_seed(self.master_seed, command_id)
-        return kernel_id_for(blueprint, layer.shape_kind, layer.channels, init_seed), init_seed
+        init_seed = derive_init_seed(self.master_seed, self.canonical_id(command_id))
+        overrides = self.config.seeds.kernel_config.get(blueprint)
+        spec = kernel_spec(blueprint, layer.shape_kind, layer.channels, init_seed, overrides)
+        return spec.kernel_id, init_seed, dict(spec.config)
 
     # --- data -----------------------------------------------------------------------------
 
@@ -313,12 +391,19 @@ class Trainer:
 
     def _run(self, epochs: int, started: float) -> TrainResult:
         assert self.db is not None
-        self.bus = bus = CommandBus(self.db, self.config.lifecycle)
+        self.wire(CommandBus(self.db, self.config.lifecycle))
+        self._start_boundary()
+        interrupted = self.train_from(epochs)
+        return self._result(interrupted, started)
+
+    def wire(self, bus: CommandBus) -> None:
+        """Connect the orchestrator and the lifecycle driver to `bus` (live or replaying)."""
+        self.bus = bus
         self.orchestrator = SeedOrchestrator(
             bus,
             master_seed=self.master_seed,
             germination=self._germination,
-            ids=self._ids("orchestrator"),
+            ids=self.id_sources["orchestrator"],
         )
         attach = getattr(self.orchestrator, "attach", None)
         if attach is not None:
@@ -331,12 +416,13 @@ class Trainer:
                 evaluation_steps=self.config.driver.evaluation_steps,
                 fine_tune_steps=self.config.driver.fine_tune_steps,
             ),
-            self._ids("driver"),
+            self.id_sources["driver"],
         )
-        self._new_id = self._ids("trainer")
-        probe = _Probe(self)
+        self._new_id = self.id_sources["trainer"]
+        self._probe = _Probe(self)
 
-        # Boundary 0: the run, its seed layers, the host's starting quality, a checkpoint.
+    def _start_boundary(self) -> None:
+        """Boundary 0: the run, its seed layers, the host's starting quality, a checkpoint."""
         val_loss0, acc0 = self.evaluate()
         self.val_loss_history.append(val_loss0)
         if acc0 is not None:
@@ -359,67 +445,108 @@ class Trainer:
         start_cmds.append(self._checkpoint(0, snapshot=False))
         self._commit(start_cmds)
 
+    def train_from(self, epochs: int, at: Position | None = None) -> bool:
+        """Train up to the end of `epochs`, from the start or from position `at`; True if stopped.
+
+        `at` is where a restored snapshot left the trainer (see `esper_es.replay`): the epoch,
+        the batches of it already done and their losses, and whether the lifecycle part of the
+        boundary at the current step is still to run.
+        """
         interrupted = False
         spe = self.steps_per_epoch()
         bar = self._progress_bar(epochs * spe if spe else None)
+        first = 1 if at is None else at.epoch
         try:
-            for epoch in range(1, epochs + 1):
+            for epoch in range(first, epochs + 1):
                 self.epoch = epoch
-                self.decisions_this_epoch = 0
-                losses: list[float] = []
                 batches = list(self._epoch_batches(epoch))
-                for k, batch in enumerate(batches):
-                    loss = self._train_step(batch)
+                start = 0
+                losses: list[float] = []
+                if at is not None and epoch == at.epoch:
+                    start, losses = at.index, list(at.losses)
+                    status = "continue"
+                    if at.pending == "lifecycle":
+                        status = self._rest([], last_in_epoch=start == len(batches), final=False)
+                    elif at.pending == "recorded" and self.replay_source is not None:
+                        status = "done" if self.replay_source.apply_boundary(self) else "continue"
+                    if status != "continue":
+                        interrupted = status == "interrupted"
+                        break
+                else:
+                    self.decisions_this_epoch = 0
+                status = "continue"
+                for k in range(start, len(batches)):
+                    self.epoch_losses = losses
+                    loss = self._train_step(batches[k])
                     losses.append(loss)
                     self.step += 1
+                    self.batches_done = k + 1
                     last_in_epoch = k == len(batches) - 1
                     final = last_in_epoch and epoch == epochs
-                    facts: list[c.Command] = []
-                    if last_in_epoch:
-                        train_loss = sum(losses) / len(losses)
-                        val_loss, acc = self.evaluate()
-                        self.train_loss_history.append(train_loss)
-                        self.val_loss_history.append(val_loss)
-                        if acc is not None:
-                            self.val_accuracy_history.append(acc)
-                        facts.append(self._fact(ev.EpochCompleted(
-                            epoch=epoch, step=self.step, train_loss=train_loss,
-                            val_loss=val_loss, val_accuracy=acc, metrics={"steps": len(losses)},
-                        )))  # fmt: skip
-                    stopping = self._stop and not final
-                    if final or stopping:
-                        facts.append(self._checkpoint(epoch, snapshot=True))
-                        facts.append(self._stopped("interrupted" if stopping else "completed"))
-                    elif last_in_epoch:
-                        every = self.config.train.snapshot_every_epochs
-                        snap = every > 0 and epoch % every == 0
-                        facts.append(self._checkpoint(epoch, snapshot=snap))
-                    elif self._checkpoint_due():
-                        facts.append(self._checkpoint(epoch, snapshot=False))
-                    ends = final or stopping
-                    self._boundary(facts, probe, lifecycle=not ends, controller=last_in_epoch)
+                    status = self._after_step(epoch, losses, last_in_epoch, final)
                     if bar is not None:
                         bar(self.step, loss)
-                    if ends:
-                        interrupted = stopping
+                    if status != "continue":
                         break
-                    if self.on_step is not None:
-                        try:
-                            self.on_step(self, self.step)
-                        except KeyboardInterrupt:
-                            self._stop = True
-                    if self._stop:
-                        self._commit(
-                            [self._checkpoint(epoch, snapshot=True), self._stopped("interrupted")]
-                        )
-                        interrupted = True
-                        break
-                if interrupted:
+                if status != "continue":
+                    interrupted = status == "interrupted"
                     break
         finally:
             if bar is not None:
                 bar(None, None)
-        return self._result(interrupted, started)
+        return interrupted
+
+    def _after_step(self, epoch: int, losses: list[float], last_in_epoch: bool, final: bool) -> str:
+        """The boundary after a step: `continue`, `ended`, `interrupted` or `done` (replay)."""
+        source = self.replay_source
+        if source is not None:
+            if source.recorded:
+                return "done" if source.apply_boundary(self) else "continue"
+            source.before_boundary(self)
+        facts: list[c.Command] = []
+        if last_in_epoch:
+            train_loss = sum(losses) / len(losses)
+            val_loss, acc = self.evaluate()
+            self.train_loss_history.append(train_loss)
+            self.val_loss_history.append(val_loss)
+            if acc is not None:
+                self.val_accuracy_history.append(acc)
+            facts.append(self._fact(ev.EpochCompleted(
+                epoch=epoch, step=self.step, train_loss=train_loss,
+                val_loss=val_loss, val_accuracy=acc, metrics={"steps": len(losses)},
+            )))  # fmt: skip
+        if final:
+            facts.append(self._checkpoint(epoch, snapshot=True))
+            facts.append(self._stopped("completed"))
+        elif last_in_epoch:
+            every = self.config.train.snapshot_every_epochs
+            snap = every > 0 and epoch % every == 0
+            facts.append(self._checkpoint(epoch, snapshot=snap))
+        elif self._checkpoint_due():
+            facts.append(self._checkpoint(epoch, snapshot=False))
+        return self._rest(facts, last_in_epoch=last_in_epoch, final=final)
+
+    def _rest(self, facts: list[c.Command], *, last_in_epoch: bool, final: bool) -> str:
+        """The boundary once its facts are built: lifecycle, commit, hooks and Ctrl-C."""
+        self._boundary(facts, self._probe, lifecycle=not final, controller=last_in_epoch)
+        if final:
+            return "ended"
+        source = self.replay_source
+        if source is not None and source.finished():
+            return "done"
+        if self.on_step is not None:
+            try:
+                self.on_step(self, self.step)
+            except KeyboardInterrupt:
+                self._stop = True
+        if self._stop:
+            # The boundary above ran in full, so the stop's snapshot is the state after it.
+            self._commit(
+                [self._checkpoint(self.epoch, snapshot=True, phase="after"),
+                 self._stopped("interrupted")]
+            )  # fmt: skip
+            return "interrupted"
+        return "continue"
 
     # --- one step and one boundary ---------------------------------------------------------
 
@@ -485,6 +612,11 @@ class Trainer:
     ) -> None:
         assert self.bus is not None and self.orchestrator is not None
         commands = list(facts)
+        if self.replay_source is not None and facts:
+            # Re-executing: facts and lifecycle are matched against the log separately, so a
+            # boundary recorded with facts only (a run's last) can go on live after them.
+            self._count_decisions(self._commit(facts))
+            commands = []
         if lifecycle:
             commands += self.driver.commands(self.step, self._all_seed_states(), probe)
             every = self.config.train.controller_every_steps
@@ -499,17 +631,35 @@ class Trainer:
 
     def _commit(self, commands: list[c.Command]) -> list[Outcome]:
         assert self.bus is not None and self.db is not None and self.orchestrator is not None
+        source = self.replay_source
+        if source is not None and source.exhausted():
+            source.go_live(self)
+            source = None
         try:
             outcomes = self.bus.execute_all(commands)
         except BaseException as exc:
             self.orchestrator.abort(exc)
             raise
         self.orchestrator.settle(outcomes)
-        for rec in self.db.read(from_seq=self.projector.last_seq + 1, branch=self.bus.branch):
-            self.projector.apply(rec.seq, rec.event)
+        # Replaying, the bus matched the commands against the log: project up to the last
+        # event they matched; the log's later events belong to later boundaries.
+        to_seq = None
+        if source is not None:
+            to_seq = max((s for o in outcomes for s in o.seqs), default=self.projector.last_seq)
+        self.project(to_seq)
+        return outcomes
+
+    def project(self, to_seq: int | None = None) -> None:
+        """Apply the branch's events after the projector's position (up to `to_seq`)."""
+        assert self.db is not None and self.bus is not None
+        after = self.projector.last_seq
+        for rec in self.db.read(from_seq=after + 1, to_seq=to_seq, branch=self.bus.branch):
+            # Read from one branch's view, nothing between `after` and this seq is visible on
+            # it: the seqs between belong to other branches.
+            self.projector.apply_visible(rec.seq, rec.event, after=after)
+            after = rec.seq
             if isinstance(rec.event, ev.SeedTrainingStarted):
                 self.seed_telemetry.reset(rec.event.seed)
-        return outcomes
 
     def _count_decisions(self, outcomes: Sequence[Outcome]) -> None:
         for o in outcomes:
@@ -590,25 +740,18 @@ class Trainer:
     def _fact(self, event: ev.Event) -> c.RecordFact:
         return c.RecordFact(command_id=self._new_id(), step=self.step, event=event)
 
-    def _checkpoint(self, epoch: int, *, snapshot: bool) -> c.RecordFact:
+    def _checkpoint(self, epoch: int, *, snapshot: bool, phase: str = "facts") -> c.RecordFact:
         assert self.db is not None
         key = None
-        if snapshot:
-            rng = encode_rng_state(capture_rng_state())
+        if snapshot and self.writes_snapshots:
             key = write_snapshot(
                 self.db,
                 model=self.model,
                 optimizer=self.optimizer,
-                rng_state=rng,
+                rng_state=encode_rng_state(capture_rng_state()),
                 position={"epoch": epoch, "step": self.step},
-                extra={
-                    "train_loss_history": self.train_loss_history,
-                    "val_loss_history": self.val_loss_history,
-                    "val_accuracy_history": self.val_accuracy_history,
-                    "last_decision_step": self.last_decision_step,
-                    "decisions_this_epoch": self.decisions_this_epoch,
-                    "recent_losses": list(self.recent_losses),
-                },
+                extra=self.snapshot_extra(phase),
+                grads={n: p.grad for n, p in self.model.named_parameters() if p.grad is not None},
             ).key
         fingerprint, tensors = fingerprint_with_digests(self.model.state_dict())
         return self._fact(
@@ -623,6 +766,30 @@ class Trainer:
             )
         )
 
+    def snapshot_extra(self, phase: str) -> dict[str, Any]:
+        """The trainer's own state a resume needs besides weights, optimizer and RNG.
+
+        `phase` says what of the boundary at this step is done: `facts` (a checkpoint taken
+        while the boundary's facts are built: its lifecycle part is still to come) or `after`
+        (the whole boundary, e.g. at a Ctrl-C stop).
+        """
+        return {
+            "phase": phase,
+            "batches_done": self.batches_done,
+            "epoch_losses": list(self.epoch_losses),
+            "train_loss_history": self.train_loss_history,
+            "val_loss_history": self.val_loss_history,
+            "val_accuracy_history": self.val_accuracy_history,
+            "last_decision_step": self.last_decision_step,
+            "decisions_this_epoch": self.decisions_this_epoch,
+            "recent_losses": list(self.recent_losses),
+            "contributions": dict(sorted(self.driver.contributions.items())),
+            "signals": {
+                seed: [s.first, s.ema_with, s.ema_without, s.updates]
+                for seed, s in sorted(self.seed_telemetry.signals.items())
+            },
+        }
+
     def _stopped(self, reason: str) -> c.RecordFact:
         return self._fact(ev.TrainingStopped(epoch=self.epoch, step=self.step, reason=reason))
 
@@ -631,7 +798,7 @@ class Trainer:
     def _result(self, interrupted: bool, started: float) -> TrainResult:
         assert self.db is not None and self.bus is not None
         stages = Counter(s.stage.value for s in self._all_seed_states())
-        head = self.db.head_seq(MAIN)
+        head = self.db.head_seq(self.bus.branch)
         return TrainResult(
             run_id=self.run_id,
             branch=self.bus.branch,

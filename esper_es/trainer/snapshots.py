@@ -91,8 +91,13 @@ def write_snapshot(
     rng_state: bytes,
     position: Mapping[str, Any],
     extra: Mapping[str, Any] | None = None,
+    grads: Mapping[str, Tensor] | None = None,
 ) -> SnapshotStats:
-    """Store a snapshot; returns its manifest key and what it cost."""
+    """Store a snapshot; returns its manifest key and what it cost.
+
+    `grads` (parameter name -> `.grad`) matter to a snapshot taken inside a boundary: the
+    controller's telemetry reads the last step's gradient norms before the next step.
+    """
     w = _Writer(db)
     # The tensor references live in their own blob, so that a snapshot of unchanged state
     # shares it too and adds only the small top-level manifest.
@@ -100,12 +105,14 @@ def write_snapshot(
         "model": {k: w.tensor(t) for k, t in sorted(model.state_dict().items())},
         "optimizer": w.value(optimizer.state_dict()),
         "rng": w.blob(rng_state),
+        "grads": {k: w.tensor(t) for k, t in sorted((grads or {}).items())},
     }
     manifest = {
         "format": SNAPSHOT_FORMAT,
         "state": w.blob(canonical_bytes(state)),
         "position": dict(position),
-        "extra": dict(extra or {}),
+        # Its own blob too: trainer state that did not change is not stored again (B8).
+        "extra": w.blob(canonical_bytes(dict(extra or {}))),
     }
     key = w.blob(canonical_bytes(manifest))
     w.flush()
@@ -130,7 +137,7 @@ def _restore(db: RunDatabase, node: Mapping[str, Any]) -> Any:
 
 
 def read_snapshot(db: RunDatabase, key: str) -> dict[str, Any]:
-    """A snapshot back: `model` and `optimizer` state dicts, `rng` bytes, position, extra."""
+    """A snapshot back: `model` and `optimizer` state dicts, `rng` bytes, grads, position, extra."""
     manifest = json.loads(db.get_blob(key))
     if manifest.get("format") != SNAPSHOT_FORMAT:
         raise ValueError(f"unknown snapshot format {manifest.get('format')!r}")
@@ -139,6 +146,11 @@ def read_snapshot(db: RunDatabase, key: str) -> dict[str, Any]:
         "model": {k: _tensor(db, ref) for k, ref in state["model"].items()},
         "optimizer": _restore(db, state["optimizer"]),
         "rng": db.get_blob(state["rng"]),
+        "grads": {k: _tensor(db, ref) for k, ref in state.get("grads", {}).items()},
         "position": manifest["position"],
-        "extra": manifest["extra"],
+        "extra": (
+            json.loads(db.get_blob(manifest["extra"]))
+            if isinstance(manifest["extra"], str)
+            else manifest["extra"]
+        ),
     }

@@ -47,6 +47,8 @@ BY_NAME: dict[str, Any] = {
     "strategy": "diversify",
     "reason": "completed",
     "val_accuracy": 0.5,
+    "branch": "b1",
+    "from_branch": "main",
 }
 BY_TYPE: dict[Any, Any] = {
     str: 'x-é"\\',

@@ -35,6 +35,7 @@ EXAMPLES: list[ev.Event] = [
         kernel_id="k-1",
         init_seed=2**40,
         blend_target=1.0,
+        config={"expansion": 8.0, "note": AWKWARD},
     ),
     ev.SeedTrainingStarted(seed="l/0", step=0),
     ev.SeedCancelled(seed="l/0", step=1, reason=AWKWARD),
@@ -90,6 +91,7 @@ EXAMPLES: list[ev.Event] = [
         rng={"torch_cpu": "sha256:" + "c" * 64},
     ),
     ev.TrainingStopped(epoch=1, step=45, reason="interrupted"),
+    ev.RunRolledBack(epoch=1, step=45, from_branch="main", branch="b1", to_seq=40),
 ]
 
 

@@ -153,3 +153,14 @@ def test_relative_spread() -> None:
     assert relative_spread([]) == 0.0 and relative_spread([1.0]) == 0.0
     assert relative_spread([1.0, 1.0, 1.0]) == 0.0
     assert abs(relative_spread([1.0, 3.0]) - (2**0.5 / 2)) < 1e-12
+
+
+def test_a_measured_contribution_is_forgotten_with_its_kernel() -> None:
+    """Once a measured seed is culled, its slot reports no contribution for the next kernel."""
+    d, p = driver(), Crafted(contrib=0.05)
+    d.commands(2, [seed(Stage.EVALUATING)], p)
+    assert d.contributions == {"l/0": 0.05}
+    d.commands(3, [seed(Stage.FINE_TUNING, entered=2)], p)
+    assert d.contributions == {"l/0": 0.05}
+    d.commands(9, [seed(Stage.CULLED, entered=8)], p)
+    assert d.contributions == {}

@@ -1,0 +1,89 @@
+"""A replayed model as a file, and back into a fresh host (`replay --out FILE`).
+
+The file is a `torch.save` of a dict: `format`, `run_id`, `branch`, `seq`, `fingerprint`,
+`manifest` (the architecture manifest), `config` and `master_seed` (to rebuild a built-in
+host), `events` (the architecture's events, `[type, payload]` in log order: seed layers and
+seed lifecycle, which rebuild the kernels exactly) and `state_dict`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from esper_es.config import config_from_dict
+from esper_es.core import events as ev
+from esper_es.core.envelope import RecordedEvent
+from esper_es.nn.fingerprint import architecture_manifest, model_fingerprint
+from esper_es.nn.projector import Projector
+from esper_es.replay.errors import Divergence
+
+EXPORT_FORMAT = 1
+
+
+def export_model(
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    *,
+    run_id: str,
+    branch: str,
+    seq: int,
+    config: dict[str, Any],
+    master_seed: int,
+    events: Iterable[RecordedEvent],
+) -> str:
+    """Write `model` with what rebuilds its architecture; returns its fingerprint."""
+    arch = [
+        [rec.type, dict(rec.payload)]
+        for rec in events
+        if isinstance(rec.event, ev.SeedEvent | ev.SeedLayerRegistered)
+    ]
+    fingerprint = model_fingerprint(model)
+    torch.save(
+        {
+            "format": EXPORT_FORMAT,
+            "run_id": run_id,
+            "branch": branch,
+            "seq": seq,
+            "fingerprint": fingerprint,
+            "manifest": architecture_manifest(model),
+            "config": config,
+            "master_seed": master_seed,
+            "events": arch,
+            "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        },
+        path,
+    )
+    return fingerprint
+
+
+def load_model(path: str | os.PathLike[str], host: nn.Module | None = None) -> nn.Module:
+    """Load a `replay --out` file into a fresh host; the result has the recorded fingerprint.
+
+    `host=None` builds the built-in host of the run's config (digits CNN or char transformer);
+    for your own host pass a fresh instance, built as the original was before training (its
+    weights are overwritten). The seed layers and kernels are rebuilt from the recorded
+    events, then the weights are loaded; a fingerprint that does not match raises Divergence.
+    """
+    data = torch.load(path, weights_only=False)
+    if data.get("format") != EXPORT_FORMAT:
+        raise ValueError(f"{path}: unknown model file format {data.get('format')!r}")
+    if host is None:
+        from esper_es.trainer.tasks import build_task
+
+        host = build_task(config_from_dict(data["config"]), int(data["master_seed"])).host
+    projector = Projector(host)
+    for i, (type_name, payload) in enumerate(data["events"], start=1):
+        projector.apply(i, ev.from_payload(type_name, payload))
+    host.load_state_dict(data["state_dict"])
+    fingerprint = model_fingerprint(host)
+    if fingerprint != data["fingerprint"]:
+        raise Divergence(
+            int(data["seq"]), -1, f"{path}: the loaded model's fingerprint differs",
+            recorded=data["fingerprint"], recomputed=fingerprint,
+        )  # fmt: skip
+    return host

@@ -1,0 +1,164 @@
+"""Record the replay corpus: small runs with the fingerprints replay must reproduce.
+
+    .venv/bin/python replay/record.py            # (re)records every run under replay/
+    .venv/bin/python replay/record.py digits     # only some
+
+Each run `<name>` is a directory with `run.db` (its audit trail beside it, as the trainer
+writes it) and `expected.json`: per branch its head seq and final fingerprint, and every
+`Checkpointed` fingerprint by seq. Everything is a function of the configs below and the
+master seed (threads pinned to 1); only `run_id` and wall-clock times differ between two
+recordings. Read replay/README.md before re-recording: it changes what "bit for bit" means.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent
+
+DIGITS = """
+[train]
+epochs = 3
+batch_size = 32
+controller_every_steps = 4
+checkpoint_every_steps = 4
+
+[host]
+max_train_examples = 256
+max_val_examples = 96
+
+[driver]
+contribution_examples = 48
+fine_tune_steps = 4
+evaluation_steps = 2
+
+[lifecycle]
+min_training_steps = 4
+min_stabilization_steps = 2
+embargo_steps = 4
+
+[blending]
+ramp_steps = 4
+
+[controller]
+plateau_window = 1
+plateau_threshold = 100.0
+cooldown_steps = 4
+max_adaptations_per_epoch = 4
+"""
+
+TEXT = """
+[train]
+epochs = 2
+batch_size = 16
+lr = 0.003
+seed_lr = 0.003
+controller_every_steps = 4
+
+[host]
+task = "text"
+d_model = 16
+n_heads = 2
+n_blocks = 1
+window = 8
+max_train_examples = 128
+max_val_examples = 32
+
+[seeds.layers]
+"blocks.0" = 2
+
+[driver]
+contribution_examples = 16
+fine_tune_steps = 2
+evaluation_steps = 2
+
+[lifecycle]
+min_training_steps = 2
+min_stabilization_steps = 1
+embargo_steps = 2
+
+[blending]
+ramp_steps = 2
+
+[controller]
+plateau_window = 1
+plateau_threshold = 100.0
+cooldown_steps = 2
+max_adaptations_per_epoch = 4
+"""
+
+#: name -> (config, master seed, rollback: the boundary index to roll back to, or None)
+RUNS: dict[str, tuple[str, int, int | None]] = {
+    "digits": (DIGITS, 0, None),
+    "text": (TEXT, 1, None),
+    "rollback": (DIGITS, 2, 12),
+}
+
+
+def expected(db_path: Path) -> dict[str, Any]:
+    """What a replay of every branch must reproduce."""
+    from esper_es.core import events as ev
+    from esper_es.store.database import RunDatabase
+
+    out: dict[str, Any] = {"branches": {}, "checkpoints": {}}
+    with RunDatabase.open(db_path, readonly=True) as db:
+        out["run_id"] = db.run_id
+        for b in db.branches():
+            last = None
+            for rec in db.read(branch=b.name):
+                if isinstance(rec.event, ev.Checkpointed):
+                    out["checkpoints"][str(rec.seq)] = rec.event.fingerprint
+                    last = rec.event.fingerprint
+            out["branches"][b.name] = {
+                "parent": b.parent,
+                "fork_seq": b.fork_seq,
+                "head_seq": db.head_seq(b.name),
+                "fingerprint": last,
+            }
+    return out
+
+
+def record(name: str) -> dict[str, Any]:
+    """Record run `name` afresh into replay/<name>/."""
+    from esper_es.config import config_from_dict
+    from esper_es.replay import resume, rollback
+    from esper_es.replay.log import RecordedLog
+    from esper_es.replay.rollback import boundary_ends
+    from esper_es.store.database import RunDatabase
+    from esper_es.trainer import built_in_trainer
+
+    text, seed, back = RUNS[name]
+    folder = ROOT / name
+    folder.mkdir(exist_ok=True)
+    db = folder / "run.db"
+    for suffix in ("", "-wal", "-shm", ".lock", ".audit.jsonl"):
+        Path(str(db) + suffix).unlink(missing_ok=True)
+    config = config_from_dict(tomllib.loads(text))
+    built_in_trainer(config, seed=seed, db_path=db).run()
+    if back is not None:
+        with RunDatabase.open(db, readonly=True) as rdb:
+            ends = boundary_ends(RecordedLog(rdb, "main"))
+        rollback(db, ends[back])
+        resume(db)
+    result = expected(db)
+    for suffix in ("-wal", "-shm", ".lock"):
+        Path(str(db) + suffix).unlink(missing_ok=True)
+    (folder / "expected.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    return result
+
+
+def main(names: list[str]) -> None:
+    """Record the named runs (all when none is named)."""
+    for name in names or list(RUNS):
+        result = record(name)
+        size = (ROOT / name / "run.db").stat().st_size
+        heads = {b: v["head_seq"] for b, v in result["branches"].items()}
+        print(f"{name}: {size} bytes, heads {heads}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,97 @@
+"""Helpers of the replay tests: rewriting a copied log so that it still chains."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from esper_es.core.canonical import canonical_json
+from esper_es.store.chain import row_hash
+from esper_es.store.database import TRIGGERS
+
+QUICK = """
+[train]
+epochs = 3
+batch_size = 32
+controller_every_steps = 4
+
+[host]
+max_train_examples = 256
+max_val_examples = 96
+
+[driver]
+contribution_examples = 48
+fine_tune_steps = 4
+evaluation_steps = 2
+
+[lifecycle]
+min_training_steps = 4
+min_stabilization_steps = 2
+embargo_steps = 4
+
+[blending]
+ramp_steps = 4
+
+[controller]
+plateau_window = 1
+plateau_threshold = 100.0
+cooldown_steps = 4
+max_adaptations_per_epoch = 4
+"""
+
+
+def copy_db(src: Path, dst: Path) -> Path:
+    """A copy of a closed run database (its WAL already checkpointed)."""
+    shutil.copyfile(src, dst)
+    return dst
+
+
+def rewrite_payload(path: Path, seq: int, change: Callable[[dict[str, Any]], None]) -> None:
+    """Change one stored payload and re-chain every hash from it on (a forged, valid file)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        trigger_sql = [
+            r[0]
+            for r in conn.execute(
+                "SELECT sql FROM sqlite_master WHERE type='trigger' AND name IN"
+                f" ({','.join('?' * len(TRIGGERS))})",
+                TRIGGERS,
+            )
+        ]
+        conn.execute("BEGIN")
+        for name in TRIGGERS:
+            conn.execute(f"DROP TRIGGER IF EXISTS {name}")
+        payload = json.loads(
+            conn.execute("SELECT payload FROM events WHERE seq=?", (seq,)).fetchone()[0]
+        )
+        change(payload)
+        conn.execute("UPDATE events SET payload=? WHERE seq=?", (canonical_json(payload), seq))
+        rows = conn.execute(
+            "SELECT seq, event_id, run_id, branch, stream, stream_version, type, schema_version,"
+            " payload, causation_id, correlation_id, recorded_at, prev_hash FROM events"
+            " WHERE seq>=? ORDER BY seq",
+            (seq,),
+        ).fetchall()
+        prev = rows[0][-1]
+        for r in rows:
+            h = row_hash(prev, *r[:-1])
+            conn.execute("UPDATE events SET prev_hash=?, hash=? WHERE seq=?", (prev, h, r[0]))
+            prev = h
+        for sql in trigger_sql:
+            conn.execute(sql)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+def row_hashes(path: Path) -> dict[int, str]:
+    """seq -> hash of every stored row."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return dict(conn.execute("SELECT seq, hash FROM events").fetchall())
+    finally:
+        conn.close()
