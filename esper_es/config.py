@@ -179,6 +179,24 @@ class RuntimeConfig:
 
 
 @attrs.frozen(slots=True)
+class LibraryConfig:
+    """The kernel library (docs/kernel-library.md): shared outcomes, ranking, compilation."""
+
+    path: str | None = None
+    """A kernel library database shared across runs (created if missing); none: this run only."""
+    compile: bool = attrs.field(default=False, validator=v.instance_of(bool))
+    """Compile kernels with `torch.compile` in a background thread (off: it does not pay on CPU)."""
+    prior_mean: float = 0.0
+    """Ranking: the contribution an untried blueprint is assumed to have."""
+    prior_strength: float = attrs.field(default=1.0, validator=v.gt(0.0))
+    """Ranking: how many outcomes the prior weighs."""
+    exploration: float = attrs.field(default=0.01, validator=v.ge(0.0))
+    """Ranking: the UCB bonus's scale (in contribution units)."""
+    fossil_bonus: float = 0.0
+    """Ranking: added to a fossilized kernel's contribution."""
+
+
+@attrs.frozen(slots=True)
 class RunConfig:
     """Everything a run is configured by; recorded whole in `RunStarted`."""
 
@@ -191,6 +209,7 @@ class RunConfig:
     runtime: RuntimeConfig = attrs.field(factory=RuntimeConfig)
     lifecycle: LifecycleConfig = attrs.field(factory=LifecycleConfig)
     simulate: SimulateConfig = attrs.field(factory=SimulateConfig)
+    library: LibraryConfig = attrs.field(factory=LibraryConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """The config as a plain JSON-able dict."""

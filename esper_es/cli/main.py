@@ -99,6 +99,8 @@ def cmd_history(args: argparse.Namespace) -> int:
         for r in rows:
             cause = f" ← {r['causation_id']}" if r["causation_id"] else ""
             corr = f" [{r['correlation_id']}]" if r["correlation_id"] else ""
+            if r["branch"] != "main":
+                corr += f" (branch {r['branch']})"
             print(
                 f"{r['seq']:>7} step {r['step'] if r['step'] is not None else '-':>6}  "
                 f"{r['stream']:<22} {r['type']:<24} {summary(r)}{cause}{corr}"
@@ -372,6 +374,36 @@ def cmd_diagram(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write a self-contained HTML report with plots of a run into a directory."""
+    from esper_es.report import write_report
+
+    files = write_report(args.db, args.out)
+    rep = files.report
+    newest = rep.newest
+    obj = {
+        "run_id": rep.run_id,
+        "branch": newest.name,
+        "head_seq": rep.head_seq,
+        "fingerprint": newest.fingerprint,
+        "html": str(files.html),
+        "images": [str(p) for p in files.images],
+        "branches": [b.name for b in rep.branches],
+        "decisions": len(rep.decisions),
+        "seeds": list(rep.seeds),
+    }
+    _emit(
+        args,
+        obj,
+        lambda: print(
+            f"report of run {rep.run_id} ({len(rep.branches)} branch(es), "
+            f"{len(rep.decisions)} decisions) -> {files.html}\n"
+            "plots: " + ", ".join(p.name for p in files.images)
+        ),
+    )
+    return EXIT_OK
+
+
 def _branches(db: Any) -> list[dict[str, Any]]:
     return [{"name": b.name, "parent": b.parent, "fork_seq": b.fork_seq} for b in db.branches()]
 
@@ -432,6 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("db")
     sp.add_argument("--at", type=int, metavar="SEQ", help="state after this seq (default: head)")
     sp.add_argument("--branch", default="main")
+    sp = add("report", cmd_report, "write an HTML report with plots of a run")
+    sp.add_argument("db")
+    sp.add_argument("-o", "--out", required=True, metavar="DIR", help="directory to write into")
     sp = add("simulate", cmd_simulate, "drive the real command path with a synthetic controller")
     sp.add_argument("--db", required=True)
     sp.add_argument("--seeds", type=int, default=64)

@@ -298,6 +298,22 @@ class AdaptationPlanned(ControllerEvent):
     step: int
 
 
+@event_type(1)
+@attrs.frozen(kw_only=True)
+class KernelCompiled(ControllerEvent):
+    """From this boundary on, a seed's kernel runs its compiled form (esper_es.library.compiler).
+
+    On the controller stream, not the seed's: it changes no lifecycle state, so the seed's
+    fold (`evolve`) never sees it; replay switches the kernel at the same seq.
+    """
+
+    seed: str
+    kernel_id: str
+    step: int
+    backend: str
+    compile_seconds: float
+
+
 # --- training -------------------------------------------------------------------------
 
 

@@ -59,6 +59,7 @@ from esper_es.core.decider import layer_of
 from esper_es.core.decisions import AdaptationDecision, SeedStats
 from esper_es.core.ids import IdSource, derive_seed
 from esper_es.core.lifecycle import KERNEL_STAGES, Stage
+from esper_es.library.recorder import KernelRecorder, recorder_for
 from esper_es.nn.fingerprint import (
     fingerprint_with_digests,
     model_fingerprint,
@@ -267,6 +268,7 @@ class Trainer:
         self.db: RunDatabase | None = None
         self.bus: CommandBus | None = None
         self.orchestrator: SeedOrchestrator | None = None
+        self.recorder: KernelRecorder
 
     # --- setting up -----------------------------------------------------------------------
 
@@ -399,10 +401,12 @@ class Trainer:
     def wire(self, bus: CommandBus) -> None:
         """Connect the orchestrator and the lifecycle driver to `bus` (live or replaying)."""
         self.bus = bus
+        self.recorder = recorder_for(self)
         self.orchestrator = SeedOrchestrator(
             bus,
             master_seed=self.master_seed,
             germination=self._germination,
+            ranking=self.recorder.ranking(),
             ids=self.id_sources["orchestrator"],
         )
         attach = getattr(self.orchestrator, "attach", None)
@@ -656,7 +660,10 @@ class Trainer:
         for rec in self.db.read(from_seq=after + 1, to_seq=to_seq, branch=self.bus.branch):
             # Read from one branch's view, nothing between `after` and this seq is visible on
             # it: the seqs between belong to other branches.
+            recorded = self.recorder.before(rec.event)
             self.projector.apply_visible(rec.seq, rec.event, after=after)
+            if recorded is not None:
+                recorded()
             after = rec.seq
             if isinstance(rec.event, ev.SeedTrainingStarted):
                 self.seed_telemetry.reset(rec.event.seed)

@@ -91,6 +91,9 @@ EXAMPLES: list[ev.Event] = [
         rng={"torch_cpu": "sha256:" + "c" * 64},
     ),
     ev.TrainingStopped(epoch=1, step=45, reason="interrupted"),
+    ev.KernelCompiled(
+        seed="l/0", kernel_id="k-1", step=45, backend="inductor", compile_seconds=1.5
+    ),
     ev.RunRolledBack(epoch=1, step=45, from_branch="main", branch="b1", to_seq=40),
 ]
 

@@ -1,0 +1,191 @@
+"""The trainer's side of the library: artifacts at germination, outcomes when a kernel leaves.
+
+`KernelRecorder.before(event)` is called by the trainer before the projector applies an event
+and returns a callback to run right after it (or None): after a `SeedGerminated` the freshly
+built kernel (still at its initial weights: nothing trains between a commit and its
+projection) is turned into an artifact, checked byte for byte against the artifact the run
+database already holds for that kernel id (replay, resume, a branch re-germinating it), and
+stored; after `SeedFossilized`, `SeedCulled`, `SeedRolledBack` or `SeedCancelled` the outcome is
+recorded, with the kernel's last measured contribution.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from esper_es.core import events as ev
+from esper_es.core.canonical import canonical_json
+from esper_es.core.decider import layer_of
+from esper_es.core.state import LayerState, SeedState
+from esper_es.library.artifacts import artifact_bytes, check_artifact
+from esper_es.library.database import ArtifactRow, KernelTables, LibraryDatabase, OutcomeRow
+from esper_es.library.statistics import RankingPrior, library_ranking
+from esper_es.nn.kernels import Kernel
+from esper_es.nn.projector import Projector
+from esper_es.store.database import RunDatabase
+
+OUTCOMES: dict[type[ev.Event], str] = {
+    ev.SeedFossilized: "fossilized",
+    ev.SeedCulled: "culled",
+    ev.SeedRolledBack: "rolled_back",
+    ev.SeedCancelled: "cancelled",
+}
+
+
+@attrs.define
+class _Alive:
+    germinated_step: int
+    started: float
+
+
+class KernelRecorder:
+    """Records artifacts and outcomes of one run in its run database and an optional library."""
+
+    def __init__(
+        self,
+        db: RunDatabase,
+        projector: Projector,
+        *,
+        run_id: str,
+        branch: Callable[[], str],
+        contribution: Callable[[str], float | None],
+        library: LibraryDatabase | None = None,
+        prior: RankingPrior | None = None,
+        kernel_config: Mapping[str, Mapping[str, Any]] | None = None,
+        step: Callable[[], int] = lambda: 2**62,
+    ) -> None:
+        self.db = db
+        self.tables = KernelTables(db.connection, writable=not db.readonly)
+        self.projector = projector
+        self.run_id = run_id
+        self.branch = branch
+        self.contribution = contribution
+        self.library = library
+        self.prior = prior or RankingPrior()
+        self.kernel_config = {k: dict(v) for k, v in (kernel_config or {}).items()}
+        self.alive: dict[str, _Alive] = {}
+        self.step = step
+        #: This run's outcomes in the order its events were projected: the ranking reads these
+        #: (not the tables, which may already hold a finished run's later outcomes), so a
+        #: recomputing replay ranks exactly as the original run did at the same seq.
+        self.seen: list[OutcomeRow] = []
+        self.checked = 0
+
+    def before(self, event: ev.Event) -> Callable[[], None] | None:
+        """The callback to run once `event` is projected, if it concerns the library."""
+        if isinstance(event, ev.SeedGerminated):
+            return lambda: self._germinated(event)
+        outcome = OUTCOMES.get(type(event))
+        if outcome is not None and isinstance(event, ev.SeedEvent):
+            state = self.projector.seed_state(event.seed)
+            return lambda: self._ended(event, state, outcome)
+        return None
+
+    def _germinated(self, event: ev.SeedGerminated) -> None:
+        layer = self.projector.layers[layer_of(event.seed)]
+        kernel = layer.kernel(layer.index_of(event.seed))
+        assert isinstance(kernel, Kernel)
+        data = artifact_bytes(kernel)
+        known = self.tables.artifact(kernel.kernel_id)
+        if known is not None and self.db.has_blob(known.blob_key):
+            check_artifact(kernel, self.db.get_blob(known.blob_key))
+            self.checked += 1
+        row = ArtifactRow(
+            kernel_id=kernel.kernel_id,
+            blob_key="",
+            blueprint=kernel.spec.blueprint,
+            version=kernel.spec.version,
+            config=canonical_json(dict(kernel.spec.config)),
+            shape_kind=kernel.spec.shape_kind,
+            channels=kernel.spec.channels,
+            init_seed=kernel.spec.init_seed,
+            params=sum(p.numel() for p in kernel.parameters()),
+        )
+        if not self.db.readonly:
+            self.tables.index_artifact(attrs.evolve(row, blob_key=self.db.put_blob(data)))
+        if self.library is not None:
+            self.library.index_artifact(attrs.evolve(row, blob_key=self.library.put_blob(data)))
+        self.alive[event.seed] = _Alive(event.step, time.perf_counter())
+
+    def _ended(self, event: ev.SeedEvent, before: SeedState, outcome: str) -> None:
+        if before.kernel_id is None:
+            return
+        art = self.tables.artifact(before.kernel_id)
+        if art is None and self.library is not None:
+            art = self.library.artifact(before.kernel_id)
+        alive = self.alive.pop(event.seed, None)
+        contribution = getattr(event, "contribution", None)
+        if contribution is None:
+            contribution = self.contribution(event.seed)
+        row = OutcomeRow(
+            run_id=self.run_id,
+            branch=self.branch(),
+            seed=event.seed,
+            kernel_id=before.kernel_id,
+            blueprint=before.blueprint or "",
+            config=art.config if art is not None else "{}",
+            shape_kind=art.shape_kind if art is not None else "",
+            outcome=outcome,
+            contribution=None if contribution is None else float(contribution),
+            params=art.params if art is not None else 0,
+            germinated_step=alive.germinated_step if alive is not None else -1,
+            ended_step=int(getattr(event, "step", -1)),
+            seconds=time.perf_counter() - alive.started if alive is not None else 0.0,
+        )
+        self.seen.append(row)
+        if not self.db.readonly:
+            self.tables.record_outcome(row)
+        if self.library is not None:
+            self.library.record_outcome(row)
+
+    def outcomes(self, shape_kind: str) -> list[OutcomeRow]:
+        """What ranking reads: other runs' outcomes from the library, and this run's so far."""
+        others = []
+        if self.library is not None:
+            others = [r for r in self.library.outcomes(shape_kind) if r.run_id != self.run_id]
+        # A resumed run has not projected the outcomes before its snapshot: its own table has
+        # them (ended before the current boundary's step, on this branch).
+        mine = {(r.seed, r.kernel_id): r for r in self.seen if r.shape_kind == shape_kind}
+        branch, step = self.branch(), self.step()
+        for r in self.tables.outcomes(shape_kind):
+            if r.run_id == self.run_id and r.branch == branch and r.ended_step < step:
+                mine.setdefault((r.seed, r.kernel_id), r)
+        return others + sorted(mine.values(), key=lambda r: (r.ended_step, r.seed, r.kernel_id))
+
+    def ranking(self) -> Callable[[LayerState], Sequence[str]]:
+        """The orchestrator's `ranking`, from `outcomes` (see `esper_es.library.statistics`)."""
+        from esper_es.nn.blueprints import get_blueprint
+
+        def config(layer: LayerState, name: str) -> dict[str, Any]:
+            return get_blueprint(name).resolve_config(self.kernel_config.get(name))
+
+        return library_ranking(self.outcomes, self.prior, config)
+
+
+def recorder_for(trainer: Any) -> KernelRecorder:
+    """The recorder of a trainer wired to its database (the library only when writing)."""
+    cfg = trainer.config.library
+    db: RunDatabase = trainer.db
+    library = None
+    if cfg.path is not None and not db.readonly:
+        library = LibraryDatabase(cfg.path)
+    return KernelRecorder(
+        db,
+        trainer.projector,
+        run_id=trainer.run_id,
+        branch=lambda: trainer.bus.branch,
+        contribution=lambda seed: trainer.driver.contributions.get(seed),
+        library=library,
+        prior=RankingPrior(
+            prior_mean=cfg.prior_mean,
+            prior_strength=cfg.prior_strength,
+            exploration=cfg.exploration,
+            fossil_bonus=cfg.fossil_bonus,
+        ),
+        kernel_config=trainer.config.seeds.kernel_config,
+        step=lambda: int(trainer.step),
+    )
