@@ -516,5 +516,20 @@ def _fail(want_json: bool, kind: str, message: str, code: int, extra: dict[str, 
         sys.stdout.write(json.dumps(obj, sort_keys=True) + "\n")
 
 
+def entry() -> NoReturn:
+    """Console-script entry point: run `main()` and exit with its code.
+
+    After a clean Ctrl-C stop (the run is committed and closed, the report printed) the
+    process leaves at once with 130. Going through interpreter shutdown instead was seen,
+    under load, to end the process by SIGINT (-2) after the report had been printed.
+    """
+    code = main()
+    if code == EXIT_INTERRUPTED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

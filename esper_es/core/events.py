@@ -314,6 +314,22 @@ class KernelCompiled(ControllerEvent):
     compile_seconds: float
 
 
+@event_type(1)
+@attrs.frozen(kw_only=True)
+class LibraryConsulted(RunEvent):
+    """What a shared kernel library held for this run when it started (esper_es.library).
+
+    One entry per arm `(blueprint, config, shape_kind)` of this run's shape kinds, from other
+    runs' outcomes: `n` outcomes, `measured` of them with a contribution, `contribution_sum`
+    (their sum), `fossilized`. Ranking reads this and the run's own outcomes, never the
+    library's current content, so resume and recompute rank as the run did.
+    """
+
+    library: str
+    arms: list[dict[str, Any]]
+    step: int = 0
+
+
 # --- training -------------------------------------------------------------------------
 
 

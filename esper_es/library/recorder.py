@@ -7,12 +7,17 @@ projection) is turned into an artifact, checked byte for byte against the artifa
 database already holds for that kernel id (replay, resume, a branch re-germinating it), and
 stored; after `SeedFossilized`, `SeedCulled`, `SeedRolledBack` or `SeedCancelled` the outcome is
 recorded, with the kernel's last measured contribution.
+
+Ranking reads the library only through the log: at the run's start the trainer records what
+the library held for its shape kinds (`consultation`, a `LibraryConsulted` fact), and ranking
+reads that event plus the run's own outcomes, never the library's current content, so a
+resume, a rollback or a recomputing replay ranks exactly as the run did.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -23,7 +28,15 @@ from esper_es.core.decider import layer_of
 from esper_es.core.state import LayerState, SeedState
 from esper_es.library.artifacts import artifact_bytes, check_artifact
 from esper_es.library.database import ArtifactRow, KernelTables, LibraryDatabase, OutcomeRow
-from esper_es.library.statistics import RankingPrior, library_ranking
+from esper_es.library.statistics import (
+    Arm,
+    ArmTotals,
+    RankingPrior,
+    arm_totals,
+    library_ranking,
+    totals_from_payload,
+    totals_to_payload,
+)
 from esper_es.nn.kernels import Kernel
 from esper_es.nn.projector import Projector
 from esper_es.store.database import RunDatabase
@@ -74,6 +87,40 @@ class KernelRecorder:
         #: recomputing replay ranks exactly as the original run did at the same seq.
         self.seen: list[OutcomeRow] = []
         self.checked = 0
+        self._consulted: dict[Arm, ArmTotals] | None = None
+
+    def recorded_consultation(self) -> ev.LibraryConsulted | None:
+        """The run's `LibraryConsulted`, if its log has one (a replay, resume or rollback)."""
+        found = list(self.db.read(types=["LibraryConsulted"], branch=None))
+        event = found[0].event if found else None
+        assert event is None or isinstance(event, ev.LibraryConsulted)
+        return event
+
+    def consultation(self, shape_kinds: Iterable[str]) -> ev.LibraryConsulted | None:
+        """The run-start fact: the one the log holds, else what the library holds now (if any).
+
+        Only other runs' outcomes of `shape_kinds` are summed; None without a library.
+        """
+        recorded = self.recorded_consultation()
+        if recorded is not None or self.library is None:
+            return recorded
+        kinds = set(shape_kinds)
+        rows = [
+            r for r in self.library.outcomes() if r.run_id != self.run_id and r.shape_kind in kinds
+        ]
+        return ev.LibraryConsulted(
+            library=str(self.library.path), arms=totals_to_payload(arm_totals(rows)), step=0
+        )
+
+    def consulted(self) -> dict[Arm, ArmTotals]:
+        """The per-arm totals the run's `LibraryConsulted` recorded (none: empty)."""
+        if self._consulted is None:
+            event = self.recorded_consultation()
+            if event is None and self.db.head()[0] == 0:
+                # The start boundary (which records it) has not committed yet: do not cache.
+                return {}
+            self._consulted = totals_from_payload(event.arms if event is not None else [])
+        return self._consulted
 
     def before(self, event: ev.Event) -> Callable[[], None] | None:
         """The callback to run once `event` is projected, if it concerns the library."""
@@ -143,10 +190,7 @@ class KernelRecorder:
             self.library.record_outcome(row)
 
     def outcomes(self, shape_kind: str) -> list[OutcomeRow]:
-        """What ranking reads: other runs' outcomes from the library, and this run's so far."""
-        others = []
-        if self.library is not None:
-            others = [r for r in self.library.outcomes(shape_kind) if r.run_id != self.run_id]
+        """This run's own outcomes so far (ranking adds the recorded library totals)."""
         # A resumed run has not projected the outcomes before its snapshot: its own table has
         # them (ended before the current boundary's step, on this branch).
         mine = {(r.seed, r.kernel_id): r for r in self.seen if r.shape_kind == shape_kind}
@@ -154,7 +198,7 @@ class KernelRecorder:
         for r in self.tables.outcomes(shape_kind):
             if r.run_id == self.run_id and r.branch == branch and r.ended_step < step:
                 mine.setdefault((r.seed, r.kernel_id), r)
-        return others + sorted(mine.values(), key=lambda r: (r.ended_step, r.seed, r.kernel_id))
+        return sorted(mine.values(), key=lambda r: (r.ended_step, r.seed, r.kernel_id))
 
     def ranking(self) -> Callable[[LayerState], Sequence[str]]:
         """The orchestrator's `ranking`, from `outcomes` (see `esper_es.library.statistics`)."""
@@ -163,7 +207,7 @@ class KernelRecorder:
         def config(layer: LayerState, name: str) -> dict[str, Any]:
             return get_blueprint(name).resolve_config(self.kernel_config.get(name))
 
-        return library_ranking(self.outcomes, self.prior, config)
+        return library_ranking(self.outcomes, self.prior, config, self.consulted)
 
 
 def recorder_for(trainer: Any) -> KernelRecorder:

@@ -13,7 +13,7 @@ and tagged with `seed` and `kernel_id`; freeing a kernel deletes its group and i
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -52,6 +52,9 @@ class Projector:
         self.layers: dict[str, SeedLayer] = find_seed_layers(model)
         self.layer_states: dict[str, LayerState] = {}
         self.seeds: dict[str, SeedState] = {}
+        #: Called with the seed's kernel when a `KernelCompiled` is projected (the trainer
+        #: switches the kernel to its compiled form); without it the event changes nothing.
+        self.on_kernel_compiled: Callable[[Kernel, ev.KernelCompiled], None] | None = None
 
     # --- the entry points -----------------------------------------------------------------
 
@@ -114,6 +117,9 @@ class Projector:
         if isinstance(event, ev.SeedLayerRegistered):
             self._register_layer(event)
             return
+        if isinstance(event, ev.KernelCompiled):
+            self._kernel_compiled(event)
+            return
         if not isinstance(event, ev.SeedEvent):
             return
         layer = self._layer_for(event.seed)
@@ -132,6 +138,18 @@ class Projector:
         layer.set_alpha(index, after.alpha)
         layer.set_blend_target(index, after.blend_target)
         self.seeds[event.seed] = after
+
+    def _kernel_compiled(self, event: ev.KernelCompiled) -> None:
+        if self.on_kernel_compiled is None:
+            return
+        layer = self._layer_for(event.seed)
+        kernel = layer.kernel(layer.index_of(event.seed))
+        if not isinstance(kernel, Kernel) or kernel.kernel_id != event.kernel_id:
+            held = kernel.kernel_id if isinstance(kernel, Kernel) else "no kernel"
+            raise ValueError(
+                f"KernelCompiled for {event.kernel_id}, seed {event.seed} holds {held}"
+            )
+        self.on_kernel_compiled(kernel, event)
 
     def _register_layer(self, event: ev.SeedLayerRegistered) -> None:
         state = evolve(self.layer_states.get(event.layer), event)

@@ -82,8 +82,12 @@ class RecordedLog:
         i = self.pos
         while i < len(self.events):
             rec = self.events[i]
-            skip = rec.seq in self.admin or (
-                _completed_stop(rec) and not isinstance(event, ev.TrainingStopped)
+            skip = (
+                rec.seq in self.admin
+                or (_completed_stop(rec) and not isinstance(event, ev.TrainingStopped))
+                # Not re-issued by a recomputation (see esper_es.replay.session); the trainer
+                # projects it with the events around it.
+                or (isinstance(rec.event, ev.KernelCompiled) and not isinstance(event, ev.KernelCompiled))
             )
             if not skip:
                 return skipped, rec

@@ -54,6 +54,9 @@ def resume(
             # Nothing to add; report the run as it stands.
             t.project()
             return t._result(False, started)
-        with t._sigint():
-            interrupted = session.run(target, at)
+        try:
+            with t._sigint():
+                interrupted = session.run(target, at)
+        finally:
+            t.close_compiler()
         return t._result(interrupted, started)

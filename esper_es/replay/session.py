@@ -11,6 +11,12 @@ two modes (`Trainer.replay_source`):
   bus, instead of appending, matches every event they produce against the log (ids, payloads,
   `Checkpointed` fingerprints). Their measurements and id counters then end where the original
   run's were, so a resume can go on live (`go_live`) exactly as the run would have.
+
+`KernelCompiled` is the one fact a recomputation does not re-issue: when a background compile
+finishes is not reproducible, so the recorded ones are applied from the log instead (the
+matcher passes over them and the trainer projects them with the events around them, or
+`after_boundary` applies them when nothing after them in their boundary is re-issued), and the kernel
+is compiled synchronously there; the live part of a resume compiles in the background again.
 """
 
 from __future__ import annotations
@@ -252,6 +258,16 @@ class Session:
             if trainer.step > fork_step:
                 branch = name
         trainer.use_branch_ids(branch)
+
+    def after_boundary(self, trainer: Trainer) -> None:
+        """Recomputed mode: apply the log's `KernelCompiled` facts left in this boundary."""
+        log = self.log
+        while (rec := log.peek()) is not None and (
+            isinstance(rec.event, ev.KernelCompiled) and step_of(rec) == trainer.step
+        ):
+            log.take()
+            trainer.project(rec.seq)
+            log.last_seq = rec.seq
 
     def apply_boundary(self, trainer: Trainer) -> bool:
         """Recorded mode: apply the log's events of this step; True once nothing is left."""

@@ -59,13 +59,21 @@ from esper_es.core.decider import layer_of
 from esper_es.core.decisions import AdaptationDecision, SeedStats
 from esper_es.core.ids import IdSource, derive_seed
 from esper_es.core.lifecycle import KERNEL_STAGES, Stage
+from esper_es.library.compiler import (
+    BackgroundCompiler,
+    Compiled,
+    compile_kernel,
+    describe,
+    install,
+    is_compiled,
+)
 from esper_es.library.recorder import KernelRecorder, recorder_for
 from esper_es.nn.fingerprint import (
     fingerprint_with_digests,
     model_fingerprint,
     optimizer_fingerprint,
 )
-from esper_es.nn.kernels import check_kernel_config, derive_init_seed, kernel_spec
+from esper_es.nn.kernels import Kernel, check_kernel_config, derive_init_seed, kernel_spec
 from esper_es.nn.placement import SeedLayerSpec, place_seed_layers
 from esper_es.nn.projector import Projector
 from esper_es.nn.seed_layer import SeedLayer
@@ -123,6 +131,10 @@ class ReplaySource(Protocol):
 
     def before_boundary(self, trainer: Trainer) -> None:
         """Called before a re-computed boundary builds its commands."""
+        ...
+
+    def after_boundary(self, trainer: Trainer) -> None:
+        """Called after a re-computed boundary committed: apply what it does not re-issue."""
         ...
 
     def exhausted(self) -> bool:
@@ -257,7 +269,10 @@ class Trainer:
         self.decisions_this_epoch = 0
         self._stop = False
         self.id_sources: dict[str, IdSource] = {
-            p: self._ids(p) for p in ("orchestrator", "driver", "trainer")
+            # "compiler" issues the KernelCompiled facts' ids: when a background compile
+            # finishes is not reproducible, so they must not shift the other sources' counts.
+            p: self._ids(p)
+            for p in ("orchestrator", "driver", "trainer", "compiler")
         }
         #: Branch id prefix -> main's prefix of the same source (see `use_branch_ids`).
         self._main_prefixes: dict[str, str] = {}
@@ -269,6 +284,11 @@ class Trainer:
         self.bus: CommandBus | None = None
         self.orchestrator: SeedOrchestrator | None = None
         self.recorder: KernelRecorder
+        #: Background compilation (`[library] compile`): the worker, the kernel each seed's
+        #: request is for, and finished compiles waiting for their `KernelCompiled`.
+        self.compiler: BackgroundCompiler | None = None
+        self._requested: dict[str, str] = {}
+        self._compiled: dict[str, Compiled] = {}
 
     # --- setting up -----------------------------------------------------------------------
 
@@ -389,6 +409,7 @@ class Trainer:
             with self._sigint():
                 return self._run(epochs, started)
         finally:
+            self.close_compiler()
             self.db.close()
 
     def _run(self, epochs: int, started: float) -> TrainResult:
@@ -402,6 +423,7 @@ class Trainer:
         """Connect the orchestrator and the lifecycle driver to `bus` (live or replaying)."""
         self.bus = bus
         self.recorder = recorder_for(self)
+        self.projector.on_kernel_compiled = self._switch_kernel
         self.orchestrator = SeedOrchestrator(
             bus,
             master_seed=self.master_seed,
@@ -441,6 +463,9 @@ class Trainer:
                 environment=capture_environment(),
             )
         ]
+        consulted = self.recorder.consultation(layer.shape_kind for layer in self.layers.values())
+        if consulted is not None:
+            start_cmds.append(self._fact(consulted))
         start_cmds += [layer.register_command(self._new_id()) for layer in self.layers.values()]
         start_cmds.append(self._fact(ev.EpochCompleted(
             epoch=0, step=0, train_loss=val_loss0, val_loss=val_loss0, val_accuracy=acc0,
@@ -622,6 +647,7 @@ class Trainer:
             self._count_decisions(self._commit(facts))
             commands = []
         if lifecycle:
+            commands += self._compiled_facts()
             commands += self.driver.commands(self.step, self._all_seed_states(), probe)
             every = self.config.train.controller_every_steps
             if self.controller is not None and (
@@ -632,6 +658,87 @@ class Trainer:
         if commands:
             outcomes = self._commit(commands)
             self._count_decisions(outcomes)
+        if self.replay_source is not None:
+            self.replay_source.after_boundary(self)
+        elif lifecycle:
+            self._request_compiles()
+
+    # --- background compilation ------------------------------------------------------------
+
+    def _live_kernels(self) -> dict[str, Kernel]:
+        out = {}
+        for layer in self.layers.values():
+            for i, seed in enumerate(layer.seed_ids()):
+                kernel = layer.kernel(i)
+                if isinstance(kernel, Kernel):
+                    out[seed] = kernel
+        return out
+
+    def _request_compiles(self) -> None:
+        """After a live boundary: compile every kernel not compiled yet; forget freed ones."""
+        if not self.config.library.compile:
+            return
+        if self.compiler is None:
+            self.compiler = BackgroundCompiler()
+        kernels = self._live_kernels()
+        for seed, kernel_id in list(self._requested.items()):
+            kernel = kernels.get(seed)
+            if kernel is None or kernel.kernel_id != kernel_id:
+                # Freed (culled, ...) before its compile finished or was switched to: drop it.
+                self.compiler.forget(seed)
+                del self._requested[seed]
+                self._compiled.pop(seed, None)
+        for seed, kernel in kernels.items():
+            if seed not in self._requested and not is_compiled(kernel):
+                self._requested[seed] = kernel.kernel_id
+                self.compiler.request(seed, kernel)
+
+    def _compiled_facts(self) -> list[c.Command]:
+        """`KernelCompiled` facts for the compiles finished since the last boundary.
+
+        Recorded before the boundary's lifecycle commands (after its facts), so the switch
+        precedes anything those do to the seed, e.g. a cull; a compile of a kernel the seed
+        no longer holds is dropped. Their ids come from their own source ("compiler").
+        """
+        if self.compiler is None or self.replay_source is not None:
+            return []
+        for done in self.compiler.ready():
+            self._compiled[done.seed] = done
+        kernels = self._live_kernels()
+        facts: list[c.Command] = []
+        for seed, done in sorted(self._compiled.items()):
+            kernel = kernels.get(seed)
+            if kernel is None or kernel.kernel_id != done.kernel_id or is_compiled(kernel):
+                del self._compiled[seed]
+                self._requested.pop(seed, None)
+            else:
+                event = ev.KernelCompiled(**describe(done), step=self.step)
+                command_id = self.id_sources["compiler"]()
+                facts.append(c.RecordFact(command_id=command_id, step=self.step, event=event))
+        return facts
+
+    def _switch_kernel(self, kernel: Kernel, event: ev.KernelCompiled) -> None:
+        """The projector met a `KernelCompiled`: run the compiled form from now on.
+
+        Live, the background compile's result is installed; re-executing a log (replay,
+        the recomputed part of a resume or rollback, a snapshot's restore) there is none,
+        and the kernel is compiled here, synchronously, the same way.
+        """
+        done = self._compiled.pop(event.seed, None)
+        if done is not None and done.kernel_id == event.kernel_id:
+            fn = done.fn
+        else:
+            fn = compile_kernel(kernel)
+        install(kernel, fn)
+        self._requested[event.seed] = event.kernel_id
+
+    def close_compiler(self) -> None:
+        """Stop the background compiler (a compile in progress finishes in its thread)."""
+        if self.compiler is not None:
+            self.compiler.close()
+            self.compiler = None
+        self._compiled.clear()
+        self._requested.clear()
 
     def _commit(self, commands: list[c.Command]) -> list[Outcome]:
         assert self.bus is not None and self.db is not None and self.orchestrator is not None

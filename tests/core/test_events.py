@@ -49,6 +49,17 @@ BY_NAME: dict[str, Any] = {
     "val_accuracy": 0.5,
     "branch": "b1",
     "from_branch": "main",
+    "arms": [
+        {
+            "blueprint": "mlp",
+            "config": "{}",
+            "shape_kind": "image",
+            "n": 2,
+            "measured": 1,
+            "contribution_sum": -0.5,
+            "fossilized": 0,
+        },
+    ],
 }
 BY_TYPE: dict[Any, Any] = {
     str: 'x-é"\\',

@@ -22,6 +22,7 @@ from esper_es.library.artifacts import (
 )
 from esper_es.library.database import KernelTables, LibraryDatabase, OutcomeRow
 from esper_es.library.statistics import RankingPrior, rank_blueprints
+from esper_es.nn.blueprints import get_blueprint
 from esper_es.nn.kernels import build_kernel
 from esper_es.store.database import RunDatabase
 from esper_es.store.verify import verify
@@ -108,6 +109,9 @@ def test_a_shared_library_changes_the_next_runs_diversify_ranking(tmp_path: Path
         from esper_es.command_bus import CommandBus
 
         trainer.wire(CommandBus(trainer.db, trainer.config.lifecycle))
+        # The start boundary records what the library holds (LibraryConsulted); ranking
+        # reads that record.
+        trainer._start_boundary()
         layer = LayerState("layer1", "image", 4, 2, frozenset({"lora", "mlp", "conv3x3"}), 1)
         ranked = trainer.recorder.ranking()(layer)
         assert ranked[0] == "mlp" and ranked[-1] == "lora"
@@ -145,3 +149,64 @@ def test_training_records_artifacts_and_outcomes_in_run_and_library(tmp_path: Pa
     with LibraryDatabase(lib_path, readonly=True) as lib:
         assert len(lib.outcomes()) == len(ended)
         assert {r.kernel_id for r in lib.outcomes()} <= {e.kernel_id for e in germinated}  # type: ignore[attr-defined]
+
+
+def _germinated(db_path: Path, branch: str = "main") -> list[tuple[int, str, str]]:
+    with RunDatabase.open(db_path, readonly=True) as db:
+        return [
+            (r.event.step, r.event.seed, r.event.blueprint)  # type: ignore[attr-defined]
+            for r in db.read(types=["SeedGerminated"], branch=branch)
+        ]
+
+
+def test_ranking_reads_the_library_as_recorded_at_the_start(tmp_path: Path) -> None:
+    from esper_es.core import events as ev
+    from esper_es.replay import replay, resume, rollback
+    from esper_es.replay.log import RecordedLog
+    from esper_es.replay.rollback import boundary_ends
+
+    lib_path = tmp_path / "library.db"
+    config = _config(tmp_path, lib_path)
+    built_in_trainer(config, seed=3, db_path=tmp_path / "run1.db").run(3)  # type: ignore[arg-type]
+    with LibraryDatabase(lib_path, readonly=True) as lib:
+        before = lib.outcomes()
+    assert before, "run 1 left outcomes in the library"
+    run2 = tmp_path / "run2.db"
+    result = built_in_trainer(config, seed=5, db_path=run2).run(3)  # type: ignore[arg-type]
+    with RunDatabase.open(run2, readonly=True) as db:
+        recs = list(db.read())
+    consulted = [r for r in recs if isinstance(r.event, ev.LibraryConsulted)]
+    assert len(consulted) == 1 and consulted[0].seq == 2, "right after RunStarted"
+    arms = consulted[0].event.arms  # type: ignore[attr-defined]
+    assert sum(a["n"] for a in arms) == len(before)
+    assert {a["blueprint"] for a in arms} == {r.blueprint for r in before}
+    # The library changes after run 2 started: strong evidence for the blueprints run 2 never
+    # germinated, against the ones it did, so a live ranking would now plan otherwise.
+    used = {b for _, _, b in _germinated(run2)}
+    assert used, "run 2 germinates seeds"
+    with LibraryDatabase(lib_path) as lib:
+        for i, name in enumerate(["conv3x3", "depthwise", "lora", "mlp", "norm", "se_attention"]):
+            for j in range(20):
+                good = name not in used
+                lib.record_outcome(
+                    attrs.evolve(
+                        _row(name, "fossilized" if good else "culled", 5.0 if good else -5.0),
+                        run_id="intruder", seed=f"layer1/{i}-{j}",
+                        config=canonical_json(
+                            get_blueprint(name).resolve_config(config.seeds.kernel_config.get(name))  # type: ignore[attr-defined]
+                        ),
+                    )
+                )  # fmt: skip
+    # A recomputing replay and a rollback + resume rank as run 2 did: same plans, same model.
+    assert replay(run2, recompute_decisions=True).fingerprint == result.fingerprint
+    with RunDatabase.open(run2, readonly=True) as db:
+        ends = boundary_ends(RecordedLog(db, "main"))
+    rollback(run2, ends[3])
+    resumed = resume(run2)
+    assert resumed.branch == "b1" and resumed.fingerprint == result.fingerprint
+    assert _germinated(run2, "b1") == _germinated(run2)
+    # A run started now does see the new outcomes (so the checks above could have failed).
+    run3 = tmp_path / "run3.db"
+    trainer = built_in_trainer(config, seed=5, db_path=run3)  # type: ignore[arg-type]
+    trainer.run(3)
+    assert {b for _, _, b in _germinated(run3)} != used

@@ -95,6 +95,20 @@ EXAMPLES: list[ev.Event] = [
         seed="l/0", kernel_id="k-1", step=45, backend="inductor", compile_seconds=1.5
     ),
     ev.RunRolledBack(epoch=1, step=45, from_branch="main", branch="b1", to_seq=40),
+    ev.LibraryConsulted(
+        library="kernels.db",
+        arms=[
+            {
+                "blueprint": "mlp",
+                "config": '{"expansion":8.0}',
+                "shape_kind": "image",
+                "n": 3,
+                "measured": 2,
+                "contribution_sum": 0.125,
+                "fossilized": 1,
+            },
+        ],
+    ),
 ]
 
 
