@@ -24,35 +24,7 @@ from esper_es.trainer.api import built_in_trainer
 
 # Small digits run whose controller decides at once, so a few seconds hold decisions,
 # germinations, full lifecycles and blend ramps.
-QUICK = """
-[train]
-epochs = 3
-batch_size = 32
-controller_every_steps = 4
-
-[host]
-max_train_examples = 256
-max_val_examples = 96
-
-[driver]
-contribution_examples = 48
-fine_tune_steps = 4
-evaluation_steps = 2
-
-[lifecycle]
-min_training_steps = 4
-min_stabilization_steps = 2
-embargo_steps = 4
-
-[blending]
-ramp_steps = 4
-
-[controller]
-plateau_window = 1
-plateau_threshold = 100.0
-cooldown_steps = 4
-max_adaptations_per_epoch = 4
-"""
+QUICK = (Path(__file__).resolve().parents[1] / "fixtures" / "quick_run.toml").read_text("utf-8")
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
