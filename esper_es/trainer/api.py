@@ -29,7 +29,7 @@ from typing import Any
 import attrs
 from torch import nn
 
-from esper_es.config import RunConfig, SeedsConfig
+from esper_es.config import RunConfig
 from esper_es.controller import Controller
 from esper_es.trainer.loop import (
     _DEFAULT,
@@ -66,9 +66,8 @@ def make_trainer(
     """A `Trainer` for your own host (see `train`); call `.run()` on it."""
     config = config or RunConfig()
     if seed_layers is not None:
-        config = attrs.evolve(
-            config, seeds=SeedsConfig(layers=dict(seed_layers), blueprints=config.seeds.blueprints)
-        )
+        # Only the placement changes: blueprints and kernel configs stay as configured.
+        config = attrs.evolve(config, seeds=attrs.evolve(config.seeds, layers=dict(seed_layers)))
     return Trainer(
         host,
         config=config,

@@ -79,3 +79,28 @@ def test_an_unknown_kernel_config_key_is_refused_before_anything_is_written(
         built_in_trainer(config, seed=0, db_path=db_path)
     assert info.value.key == "seeds.kernel_config.conv3x3.width"
     assert info.value.exit_code == 2 and not db_path.exists()
+
+
+def test_the_api_keeps_kernel_configs_when_placing_seed_layers(tmp_path: Path) -> None:
+    """`seed_layers=` changes only where seeds go, not the configured kernels."""
+    import torch
+
+    from esper_es.config import RunConfig
+    from esper_es.nn.hosts import DigitsCNN
+    from esper_es.trainer.api import make_trainer
+
+    config = RunConfig()
+    x, y = torch.zeros(8, 1, 8, 8), torch.zeros(8, dtype=torch.long)
+    trainer = make_trainer(
+        DigitsCNN(width=4, seed=0),
+        train_data=(x, y),
+        val_data=(x, y),
+        loss_fn=lambda m, b: torch.nn.functional.cross_entropy(m(b[0]), b[1]),
+        example_input=x[:2],
+        db_path=tmp_path / "api.db",
+        seed_layers={"layer2": 3},
+        config=config,
+    )
+    assert trainer.config.seeds.layers == {"layer2": 3}
+    assert trainer.config.seeds.kernel_config == config.seeds.kernel_config
+    assert trainer.config.seeds.kernel_config  # the defaults are not empty
