@@ -1,12 +1,12 @@
 """The seed lifecycle (SPEC §2), defined once as a `transitions` machine.
 
 Scaling: a `transitions.Machine` per seed (with this 12-state table) costs ~0.15 ms, and
-`add_model` on one machine grows faster than linearly (×5.3 for ×4 models), so 10 000
-seeds take well over a second either way (B7, bench/b7_seeds.py). Instead one module-level
-machine is the
-single definition, and it runs on a throw-away *cursor* (a flyweight carrying the seed's
-stage, the command and the thresholds) that is never registered with it. Firing a trigger
-this way costs ~6 µs; a seed is just an immutable `SeedState` value.
+`add_model` on one machine grows faster than linearly (4 times the models took 5.3 times as
+long), so 10 000 seeds take well over a second either way (B7, bench/b7_seeds.py). Instead
+one module-level machine is the single definition, and it runs on a throw-away *cursor* (a
+flyweight carrying the seed's stage, the command and the thresholds) that is never
+registered with it. Firing a trigger this way costs ~6 µs; a seed is just an immutable
+`SeedState` value.
 """
 
 from __future__ import annotations
