@@ -28,7 +28,7 @@ from esper_es.store.database import RunDatabase
 from esper_es.store.verify import verify
 from esper_es.trainer import built_in_trainer
 
-QUICK = Path(__file__).parents[1] / "trainer" / "conftest.py"
+QUICK = Path(__file__).resolve().parents[1] / "fixtures" / "quick_trainer_run.toml"
 
 
 def test_artifact_round_trips_by_hash() -> None:
@@ -88,7 +88,7 @@ def test_ranking_formula_prefers_evidence_and_keeps_name_order_without_any() -> 
 
 
 def _config(tmp_path: Path, library: Path) -> object:
-    text = QUICK.read_text().split('QUICK = """', 1)[1].split('"""', 1)[0]
+    text = QUICK.read_text("utf-8")
     path = tmp_path / "run.toml"
     path.write_text(text + f'\n[library]\npath = "{library}"\n', encoding="utf-8")
     return load_config(path)
