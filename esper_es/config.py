@@ -27,6 +27,7 @@ from esper_es.controller import ControllerConfig
 from esper_es.core.blending import BLEND_KINDS
 from esper_es.core.config import LifecycleConfig
 from esper_es.errors import ConfigError
+from esper_es.numerics import MODES, NATIVE
 
 _POSITIVE = [v.instance_of(int), v.ge(1)]
 _NON_NEGATIVE = [v.instance_of(int), v.ge(0)]
@@ -179,6 +180,15 @@ class RuntimeConfig:
 
 
 @attrs.frozen(slots=True)
+class DeterminismConfig:
+    """Which CPU code paths a run may use (SPEC §5, `esper_es.numerics`)."""
+
+    numerics: str = attrs.field(default=NATIVE, validator=v.in_(MODES))
+    """`native`: this CPU's fastest kernels, replays on the same CPU model only; `portable`:
+    pinned AVX2 code paths, replays bit for bit on any x86-64 CPU with AVX2 and FMA."""
+
+
+@attrs.frozen(slots=True)
 class LibraryConfig:
     """The kernel library (docs/kernel-library.md): shared outcomes, ranking, compilation."""
 
@@ -207,6 +217,7 @@ class RunConfig:
     driver: DriverConfig = attrs.field(factory=DriverConfig)
     controller: ControllerConfig = attrs.field(factory=ControllerConfig)
     runtime: RuntimeConfig = attrs.field(factory=RuntimeConfig)
+    determinism: DeterminismConfig = attrs.field(factory=DeterminismConfig)
     lifecycle: LifecycleConfig = attrs.field(factory=LifecycleConfig)
     simulate: SimulateConfig = attrs.field(factory=SimulateConfig)
     library: LibraryConfig = attrs.field(factory=LibraryConfig)

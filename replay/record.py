@@ -13,6 +13,8 @@ recordings. Read replay/README.md before re-recording: it changes what "bit for 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -91,11 +93,20 @@ cooldown_steps = 2
 max_adaptations_per_epoch = 4
 """
 
-#: name -> (config, master seed, rollback: the boundary index to roll back to, or None)
+PORTABLE = """
+[determinism]
+numerics = "portable"
+"""
+
+#: name -> (config, master seed, rollback: the boundary index to roll back to, or None).
+#: Every run but `native` is portable (SPEC §5), so the suite replays them on any x86-64 CPU
+#: with AVX2; `native` replays bit for bit on the CPU it was recorded on and is refused with
+#: exit 4 on any other (tests/replay/test_corpus.py checks whichever applies).
 RUNS: dict[str, tuple[str, int, int | None]] = {
-    "digits": (DIGITS, 0, None),
-    "text": (TEXT, 1, None),
-    "rollback": (DIGITS, 2, 12),
+    "digits": (DIGITS + PORTABLE, 0, None),
+    "text": (TEXT + PORTABLE, 1, None),
+    "rollback": (DIGITS + PORTABLE, 2, 12),
+    "native": (DIGITS, 3, None),
 }
 
 
@@ -145,6 +156,7 @@ def record(name: str) -> dict[str, Any]:
         rollback(db, ends[back])
         resume(db)
     result = expected(db)
+    result["numerics"] = config.determinism.numerics
     for suffix in ("-wal", "-shm", ".lock"):
         Path(str(db) + suffix).unlink(missing_ok=True)
     (folder / "expected.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
@@ -152,13 +164,26 @@ def record(name: str) -> dict[str, Any]:
 
 
 def main(names: list[str]) -> None:
-    """Record the named runs (all when none is named)."""
+    """Record the named runs (all when none is named), each in a fresh process.
+
+    A fresh process per run because the numerics pins are read when torch starts: a portable
+    run's process gets them before torch is imported, a native run's has them removed.
+    """
+    from esper_es.numerics import PORTABLE_ENV, pin_portable
+
     for name in names or list(RUNS):
-        result = record(name)
+        env = {k: v for k, v in os.environ.items() if k not in PORTABLE_ENV}
+        if "numerics = \"portable\"" in RUNS[name][0]:
+            pin_portable(env)
+        subprocess.run([sys.executable, __file__, "--one", name], env=env, check=True)
+        result = json.loads((ROOT / name / "expected.json").read_text())
         size = (ROOT / name / "run.db").stat().st_size
         heads = {b: v["head_seq"] for b, v in result["branches"].items()}
         print(f"{name}: {size} bytes, heads {heads}")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    if sys.argv[1:2] == ["--one"]:
+        record(sys.argv[2])
+    else:
+        main(sys.argv[1:])

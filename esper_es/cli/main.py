@@ -195,6 +195,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from esper_es.trainer.api import built_in_trainer
 
     config = load_config(args.config)
+    if args.numerics is not None:
+        config = attrs.evolve(
+            config, determinism=attrs.evolve(config.determinism, numerics=args.numerics)
+        )
     if args.epochs is not None:
         if args.epochs < 1:
             raise UsageError("--epochs must be at least 1")
@@ -428,6 +432,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--db", help="run database to create (default: runs/<run_id>.db)")
     sp.add_argument("--epochs", type=int, help="override train.epochs")
     sp.add_argument("--seed", type=int, help="master seed (default 0)")
+    sp.add_argument(
+        "--numerics",
+        choices=("native", "portable"),
+        help="override determinism.numerics: native (this CPU's fastest kernels, replays on "
+        "the same CPU model) or portable (replays on any x86-64 CPU with AVX2)",
+    )
     sp = add("replay", cmd_replay, "re-execute a run from its log and check it bit for bit")
     sp.add_argument("db")
     sp.add_argument("--to", type=int, metavar="SEQ", help="stop after this seq (from a snapshot)")
@@ -488,6 +498,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     want_json = "--json" in argv
     try:
         args = build_parser().parse_args(argv)
+        _pin_numerics(args)
         return int(args.func(args))
     except SystemExit as exc:  # --help and --version
         return int(exc.code or 0)
@@ -507,6 +518,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, KeyError, ValueError) as exc:
         _fail(want_json, type(exc).__name__, str(exc), EXIT_ERROR, {})
         return EXIT_ERROR
+
+
+def _pin_numerics(args: argparse.Namespace) -> None:
+    """Pin a portable run's CPU code paths now, before any command imports torch.
+
+    The mode comes from `--numerics` or the config (train) or from the log's `RunStarted`
+    (replay, resume, rollback). Anything unreadable is left for the command to report.
+    """
+    from esper_es import numerics
+
+    mode: str | None = None
+    try:
+        if args.command == "train":
+            from esper_es.config import load_config
+
+            mode = args.numerics or load_config(args.config).determinism.numerics
+        elif args.command in ("replay", "resume", "rollback"):
+            mode = _recorded_numerics(args.db)
+    except (EsperError, OSError, ValueError):
+        return
+    if mode == numerics.PORTABLE:
+        numerics.pin_portable()
+
+
+def _recorded_numerics(db_path: str) -> str | None:
+    from esper_es.store.database import RunDatabase
+
+    with RunDatabase.open(db_path, readonly=True) as db:
+        for rec in db.read(branch=None, types=["RunStarted"]):
+            return str(rec.payload.get("environment", {}).get("numerics", "native"))
+    return None
 
 
 def _fail(want_json: bool, kind: str, message: str, code: int, extra: dict[str, Any]) -> None:

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 import esper_es
+from esper_es import numerics
 from esper_es.errors import EnvironmentMismatch
 
 ENVIRONMENT_SCHEMA = 1
@@ -72,6 +73,11 @@ NUMERICS_ENV_VARS: tuple[str, ...] = (
 )
 
 _MKLDNN_BACKENDS = ("matmul", "conv", "rnn")
+
+# Fields added with numerics modes: a log from before them lacks them, which is no difference.
+_ADDED_WITH_NUMERICS = frozenset(
+    {"numerics", "cpu", "nnpack_enabled", "blas_build", "onednn_build"}
+)
 
 
 class InteropThreadsLocked(EnvironmentMismatch):
@@ -116,6 +122,24 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor()
+
+
+def _build_line(prefix: str) -> str | None:
+    for line in torch.__config__.show().splitlines():
+        if line.strip().lstrip("- ").startswith(prefix):
+            return line.strip().lstrip("- ")
+    return None
+
+
+def current_numerics() -> str:
+    """The numerics mode this process is in (`portable` only with every pin in force)."""
+    pinned = (
+        not numerics.unpinned()
+        and str(torch.backends.cpu.get_cpu_capability()) == "AVX2"
+        and not torch.backends.mkldnn.enabled
+        and not torch._C._get_nnpack_enabled()
+    )
+    return numerics.PORTABLE if pinned else numerics.NATIVE
 
 
 def _torch_build_digest() -> str:
@@ -196,6 +220,11 @@ def capture_environment(device: str | torch.device = "cpu") -> dict[str, Any]:
         "mkl_available": torch.backends.mkl.is_available(),  # type: ignore[no-untyped-call]
         "mkldnn_available": torch.backends.mkldnn.is_available(),  # type: ignore[no-untyped-call]
         "mkldnn_enabled": bool(torch.backends.mkldnn.enabled),
+        "nnpack_enabled": bool(torch._C._get_nnpack_enabled()),
+        "blas_build": _build_line("Intel(R) oneAPI Math Kernel Library") or _build_line("BLAS"),
+        "onednn_build": _build_line("Intel(R) MKL-DNN") or _build_line("oneDNN"),
+        "numerics": current_numerics(),
+        "cpu": numerics.cpu_identity(),
         "openmp_available": torch.backends.openmp.is_available(),  # type: ignore[no-untyped-call]
         "aten_parallel_backend": _parallel_backend(),
         "torch_build_digest": _torch_build_digest(),
@@ -240,7 +269,10 @@ def apply_settings(recorded: Mapping[str, Any]) -> None:
     """Put this process's settable fields (threads, determinism, precision) to `recorded`'s.
 
     What cannot be set here (versions, platform, CPU) is left for `check_environment` to report.
+    The numerics mode comes first: a portable run needs its pins in force
+    (`numerics.PortableNotPinned`, exit 4, says how when they are not).
     """
+    numerics.activate(str(recorded.get("numerics", numerics.NATIVE)))
     if "torch_num_threads" in recorded:
         pin_threads(int(recorded["torch_num_threads"]), recorded.get("torch_num_interop_threads"))
     if "deterministic_algorithms" in recorded:
@@ -301,8 +333,22 @@ def compare_environments(
     field one side lacks shows as `ABSENT`; `RECORDED_ONLY` fields and the names in `ignore`
     (a name also ignores everything below it) are skipped.
     """
+    ignored = set(ignore)
+    mode = recorded.get("numerics")
+    if mode == numerics.PORTABLE:
+        ignored.add("cpu")
+    elif mode is None:
+        ignored.update(_ADDED_WITH_NUMERICS)
+    else:
+        ignored.update({"cpu.stepping", "cpu.model_name"})
     out: list[tuple[str, Any, Any]] = []
-    _diff("", recorded, current, frozenset(ignore), out)
+    _diff("", recorded, current, frozenset(ignored), out)
+    if mode is None and "cpu_model" not in ignored:
+        # A log from before numerics modes: native, identified by its CPU model alone.
+        a, b = recorded.get("cpu_model", ABSENT), current.get("cpu_model", ABSENT)
+        if a != b:
+            out.append(("cpu_model", a, b))
+            out.sort(key=lambda d: d[0])
     return out
 
 

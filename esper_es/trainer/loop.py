@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from esper_es import numerics
 from esper_es.command_bus import CommandBus, Outcome
 from esper_es.config import RunConfig
 from esper_es.controller import (
@@ -294,6 +295,8 @@ class Trainer:
 
     def _configure_runtime(self) -> None:
         rt = self.config.runtime
+        # First: a portable run refuses here, before anything ran, if its pins came too late.
+        numerics.activate(self.config.determinism.numerics)
         pin_threads(rt.threads, rt.interop_threads or None)
         if rt.deterministic:
             configure_determinism()
