@@ -29,6 +29,7 @@ from typing import Any, Final
 import attrs
 
 from esper_es.errors import NotARunDatabase
+from esper_es.store.uri import readonly_uri
 
 LIBRARY_FORMAT: Final = "esper-es-kernel-library"
 LIBRARY_FORMAT_VERSION: Final = 1
@@ -152,7 +153,7 @@ class LibraryDatabase(KernelTables):
         self.path = Path(path)
         if readonly:
             conn = sqlite3.connect(
-                f"file:{self.path}?mode=ro", uri=True, isolation_level=None,
+                readonly_uri(self.path), uri=True, isolation_level=None,
                 check_same_thread=False,
             )  # fmt: skip
         else:

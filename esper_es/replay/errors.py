@@ -55,3 +55,14 @@ class NotReplayable(EsperError):
     """The log cannot be re-executed as asked (no RunStarted, nothing to resume, …)."""
 
     exit_code = EXIT_USAGE
+
+
+class NotAModelFile(EsperError):
+    """A file given as a `replay --out` model file is not one (never unpickled: SPEC §9)."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path} is not an esper-es model file: {reason}")

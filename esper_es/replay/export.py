@@ -20,7 +20,7 @@ from esper_es.core import events as ev
 from esper_es.core.envelope import RecordedEvent
 from esper_es.nn.fingerprint import architecture_manifest, model_fingerprint
 from esper_es.nn.projector import Projector
-from esper_es.replay.errors import Divergence
+from esper_es.replay.errors import Divergence, NotAModelFile
 
 EXPORT_FORMAT = 1
 
@@ -69,9 +69,20 @@ def load_model(path: str | os.PathLike[str], host: nn.Module | None = None) -> n
     weights are overwritten). The seed layers and kernels are rebuilt from the recorded
     events, then the weights are loaded; a fingerprint that does not match raises Divergence.
     """
-    data = torch.load(path, weights_only=False)
-    if data.get("format") != EXPORT_FORMAT:
-        raise ValueError(f"{path}: unknown model file format {data.get('format')!r}")
+    # Files are untrusted: only tensors and plain containers are unpickled, so a crafted file
+    # cannot run code (what `weights_only=False` would allow).
+    try:
+        data = torch.load(path, weights_only=True, map_location="cpu")
+    except OSError:
+        raise
+    except Exception as exc:
+        # torch's restricted unpickler raises many types on junk (UnpicklingError, KeyError,
+        # EOFError, RuntimeError…): all of them mean "not a model file".
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise NotAModelFile(str(path), f"refused to load it ({reason})") from None
+    if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise NotAModelFile(str(path), f"unknown model file format {found!r}")
     if host is None:
         from esper_es.trainer.tasks import build_task
 

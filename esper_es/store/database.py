@@ -38,6 +38,7 @@ from esper_es.errors import (
 from esper_es.store import schemas
 from esper_es.store.audit import AuditTrail
 from esper_es.store.chain import GENESIS, row_hash
+from esper_es.store.uri import readonly_uri
 
 FORMAT = "esper-es run database"
 FORMAT_VERSION = 1
@@ -655,7 +656,7 @@ def _initialise(path: Path, run_id: str) -> None:
 def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     if readonly:
         conn = sqlite3.connect(
-            f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+            readonly_uri(path), uri=True, isolation_level=None, check_same_thread=False
         )
         conn.execute("PRAGMA busy_timeout = 5000")
         return conn

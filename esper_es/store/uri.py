@@ -1,0 +1,18 @@
+"""SQLite URIs for paths: any file name works, `#`, `?`, `%` and spaces included (SPEC §9)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import quote
+
+
+def readonly_uri(path: str | os.PathLike[str]) -> str:
+    """A `file:` URI that opens exactly `path`, read-only.
+
+    SQLite reads `?` as the start of the query and `#` as a fragment in a URI, so an unescaped
+    `run#1.db` opened `run` (creating it). Percent-encoding the absolute path leaves nothing
+    for SQLite to reinterpret.
+    """
+    absolute = Path(path).absolute()
+    return f"file:{quote(str(absolute), safe='/')}?mode=ro"
