@@ -415,6 +415,29 @@ def _branches(db: Any) -> list[dict[str, Any]]:
 # --- parser ---------------------------------------------------------------------------
 
 
+# Seqs, seeds and counts are stored as SQLite INTEGERs (signed 64-bit): anything outside is a
+# usage error here rather than an OverflowError deep inside.
+_INT_MAX = 2**63 - 1
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if not low <= value <= _INT_MAX:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {_INT_MAX}, got {text}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
+_natural = _int_at_least(0)  # seqs and seeds: 0 is valid
+_count = _int_at_least(1)  # epochs, limits, examples
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     p = _Parser(prog="esper-es", description="Event-sourced morphogenetic training.")
@@ -430,8 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("train", cmd_train, "train the built-in task of a run config, with seeds")
     sp.add_argument("--config", help="TOML run config (default: the built-in digits run)")
     sp.add_argument("--db", help="run database to create (default: runs/<run_id>.db)")
-    sp.add_argument("--epochs", type=int, help="override train.epochs")
-    sp.add_argument("--seed", type=int, help="master seed (default 0)")
+    sp.add_argument("--epochs", type=_count, help="override train.epochs")
+    sp.add_argument("--seed", type=_natural, help="master seed (default 0)")
     sp.add_argument(
         "--numerics",
         choices=("native", "portable"),
@@ -440,7 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp = add("replay", cmd_replay, "re-execute a run from its log and check it bit for bit")
     sp.add_argument("db")
-    sp.add_argument("--to", type=int, metavar="SEQ", help="stop after this seq (from a snapshot)")
+    sp.add_argument(
+        "--to", type=_natural, metavar="SEQ", help="stop after this seq (from a snapshot)"
+    )
     sp.add_argument("--branch", default="main")
     sp.add_argument("--out", metavar="FILE", help="write the model with its architecture")
     sp.add_argument(
@@ -455,11 +480,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp = add("rollback", cmd_rollback, "open a branch whose state is the state at SEQ")
     sp.add_argument("db")
-    sp.add_argument("--to", type=int, metavar="SEQ", required=True)
+    sp.add_argument("--to", type=_natural, metavar="SEQ", required=True)
     sp.add_argument("--allow-env-mismatch", action="store_true")
     sp = add("resume", cmd_resume, "continue a stopped, crashed or rolled-back run")
     sp.add_argument("db")
-    sp.add_argument("--epochs", type=int, help="train to this many epochs in all")
+    sp.add_argument("--epochs", type=_count, help="train to this many epochs in all")
     sp.add_argument("--branch", help="the branch to continue (default: the newest)")
     sp.add_argument("--allow-env-mismatch", action="store_true")
     sp = add("verify", cmd_verify, "check hash chain, gap-free sequence, schemas, stream versions")
@@ -469,24 +494,26 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--stream", help="only this stream, e.g. seed:layer1/0")
     sp.add_argument("--type", help="only events of this type, e.g. SeedGerminated")
     sp.add_argument("--branch", default="main")
-    sp.add_argument("--limit", type=int)
+    sp.add_argument("--limit", type=_count)
     sp = add("inspect", cmd_inspect, "seed states, alphas and fingerprint at a point")
     sp.add_argument("db")
-    sp.add_argument("--at", type=int, metavar="SEQ", help="state after this seq (default: head)")
+    sp.add_argument(
+        "--at", type=_natural, metavar="SEQ", help="state after this seq (default: head)"
+    )
     sp.add_argument("--branch", default="main")
     sp = add("report", cmd_report, "write an HTML report with plots of a run")
     sp.add_argument("db")
     sp.add_argument("-o", "--out", required=True, metavar="DIR", help="directory to write into")
     sp = add("simulate", cmd_simulate, "drive the real command path with a synthetic controller")
     sp.add_argument("--db", required=True)
-    sp.add_argument("--seeds", type=int, default=64)
-    sp.add_argument("--events", type=int, default=10_000)
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seeds", type=_count, default=64)
+    sp.add_argument("--events", type=_natural, default=10_000)
+    sp.add_argument("--seed", type=_natural, default=0)
     sp.add_argument("--config", help="TOML run config")
     sp = add("check-lifecycle", cmd_check_lifecycle, "property-test the lifecycle of a config")
     sp.add_argument("--config", help="TOML run config")
-    sp.add_argument("--examples", type=int, default=200)
-    sp.add_argument("--seed", type=int, help="derandomise with this seed")
+    sp.add_argument("--examples", type=_count, default=200)
+    sp.add_argument("--seed", type=_natural, help="derandomise with this seed")
     sp = add("diagram", cmd_diagram, "the lifecycle as a state diagram")
     sp.add_argument("--format", choices=("mermaid", "dot"), default="mermaid")
     return p
