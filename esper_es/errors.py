@@ -97,6 +97,18 @@ class NotARunDatabase(EsperError):
         super().__init__(f"{path} is not a usable esper-es run database: {reason}")
 
 
+class StorageError(EsperError):
+    """The file system refused what a run database needs: a read-only place, a full disk,
+    missing permissions. Never a sign of tampering; the data already written is intact."""
+
+    exit_code = EXIT_ERROR
+
+    def __init__(self, path: str, cause: str) -> None:
+        self.path = path
+        self.cause = cause
+        super().__init__(f"cannot use {path}: {cause}")
+
+
 class TamperDetected(EsperError):
     """Verification found the log altered, truncated or corrupt; names the first bad seq."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -523,6 +524,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `esper-es` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     want_json = "--json" in argv
+    args: argparse.Namespace | None = None
     try:
         args = build_parser().parse_args(argv)
         _pin_numerics(args)
@@ -542,6 +544,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             extra = {"ok": False, "first_bad_seq": exc.seq, "reason": exc.reason}
         _fail(want_json, type(exc).__name__, str(exc), exc.exit_code, extra)
         return exc.exit_code
+    except sqlite3.DatabaseError as exc:
+        # Reached only where a command did not classify it itself: a full disk, an I/O error
+        # or a vanished file during a write. Never a traceback, never a false tamper alarm
+        # for what the file system refused.
+        from esper_es.store.database import sqlite_failure
+
+        failure = sqlite_failure(Path(str(getattr(args, "db", None) or "the database")), exc)
+        _fail(want_json, type(failure).__name__, str(failure), failure.exit_code, {})
+        return failure.exit_code
     except (OSError, KeyError, ValueError) as exc:
         _fail(want_json, type(exc).__name__, str(exc), EXIT_ERROR, {})
         return EXIT_ERROR

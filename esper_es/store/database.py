@@ -31,8 +31,10 @@ from esper_es.core.upcasting import upcast
 from esper_es.errors import (
     ConcurrencyError,
     DatabaseLocked,
+    EsperError,
     NotARunDatabase,
     SchemaViolation,
+    StorageError,
     TamperDetected,
 )
 from esper_es.store import schemas
@@ -188,14 +190,14 @@ class RunDatabase:
                 finally:
                     probe.close()
             except sqlite3.DatabaseError as exc:
-                raise TamperDetected(None, f"{p} is corrupt or truncated: {exc}") from None
+                raise sqlite_failure(p, exc) from None
         lock_fd = None if readonly else _take_writer_lock(p)
         try:
             conn = _connect(p, readonly=readonly)
             _check_format(p, conn)
         except sqlite3.DatabaseError as exc:
             _release_writer_lock(lock_fd)
-            raise TamperDetected(None, f"{p} is corrupt or truncated: {exc}") from None
+            raise sqlite_failure(p, exc) from None
         except BaseException:
             _release_writer_lock(lock_fd)
             raise
@@ -653,13 +655,56 @@ def _initialise(path: Path, run_id: str) -> None:
         conn.close()
 
 
+def sqlite_failure(path: Path, exc: sqlite3.DatabaseError) -> EsperError:
+    """The typed error for an SQLite failure on `path`: tampering only where the bytes are bad.
+
+    SQLite's corrupt / not-a-database codes mean the file's content is wrong (exit 3); a
+    file it cannot open, read or write (permissions, a read-only place, a full disk, I/O)
+    says nothing about the content and must not raise a false tamper alarm (exit 1).
+    """
+    name = str(getattr(exc, "sqlite_errorname", "") or "")
+    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or not isinstance(
+        exc, sqlite3.OperationalError
+    ):
+        return TamperDetected(None, f"{path} is corrupt or truncated: {exc}")
+    if name.startswith("SQLITE_FULL"):
+        return StorageError(str(path), f"the disk is full ({exc})")
+    if name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM")):
+        return StorageError(str(path), f"no permission to open or write it here ({exc})")
+    return StorageError(str(path), f"{exc}")
+
+
+def _readable_without_shared_memory(path: Path) -> bool:
+    # A WAL database is read through its `-shm` index, which a read-only directory cannot
+    # hold. Opened as immutable, SQLite reads the main file alone and locks nothing: exact
+    # only when no WAL content is pending, and safe because no writer can work in a
+    # directory that cannot hold its WAL either.
+    wal = path.with_name(path.name + "-wal")
+    pending = wal.exists() and wal.stat().st_size > 0
+    return not pending and not os.access(path.parent, os.W_OK)
+
+
+def _connect_readonly(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(
+        readonly_uri(path), uri=True, isolation_level=None, check_same_thread=False
+    )
+    conn.execute("PRAGMA busy_timeout = 5000")
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError:
+        conn.close()
+        if not _readable_without_shared_memory(path):
+            raise
+        conn = sqlite3.connect(
+            readonly_uri(path, immutable=True), uri=True, isolation_level=None,
+            check_same_thread=False,
+        )  # fmt: skip
+    return conn
+
+
 def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     if readonly:
-        conn = sqlite3.connect(
-            readonly_uri(path), uri=True, isolation_level=None, check_same_thread=False
-        )
-        conn.execute("PRAGMA busy_timeout = 5000")
-        return conn
+        return _connect_readonly(path)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA busy_timeout = 5000")
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]

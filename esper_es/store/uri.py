@@ -7,12 +7,14 @@ from pathlib import Path
 from urllib.parse import quote
 
 
-def readonly_uri(path: str | os.PathLike[str]) -> str:
+def readonly_uri(path: str | os.PathLike[str], *, immutable: bool = False) -> str:
     """A `file:` URI that opens exactly `path`, read-only.
 
     SQLite reads `?` as the start of the query and `#` as a fragment in a URI, so an unescaped
     `run#1.db` opened `run` (creating it). Percent-encoding the absolute path leaves nothing
-    for SQLite to reinterpret.
+    for SQLite to reinterpret. `immutable` tells SQLite the file cannot change (no locks, no
+    `-shm`): only for a file nothing can write.
     """
     absolute = Path(path).absolute()
-    return f"file:{quote(str(absolute), safe='/')}?mode=ro"
+    extra = "&immutable=1" if immutable else ""
+    return f"file:{quote(str(absolute), safe='/')}?mode=ro{extra}"
