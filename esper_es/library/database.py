@@ -28,11 +28,24 @@ from typing import Any, Final
 
 import attrs
 
-from esper_es.errors import NotARunDatabase
+from esper_es.errors import EXIT_USAGE, EsperError, NotARunDatabase
 from esper_es.store.uri import readonly_uri
 
 LIBRARY_FORMAT: Final = "esper-es-kernel-library"
+
 LIBRARY_FORMAT_VERSION: Final = 1
+
+
+class NotAKernelLibrary(EsperError):
+    """`[library] path` names a file that is not a kernel library (exit 2; left untouched)."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"[library] path {path}: {reason}; nothing was written to it")
+
 
 _TABLES: Final = (
     """CREATE TABLE IF NOT EXISTS kernel_artifacts (
@@ -146,11 +159,44 @@ class KernelTables:
             raise
 
 
+_SQLITE_MAGIC: Final = b"SQLite format 3\x00"
+
+
+def check_library_file(path: Path, *, create: bool) -> None:
+    """Refuse, before touching it, a file at `path` that is not a kernel library.
+
+    A missing or empty file is fine when the library may be created there. Anything else must
+    already say it is a library: opening an unrelated SQLite file for writing would add tables
+    to it and switch it to WAL, and a text file would fail half-way (SPEC §9: no command
+    changes a file it was not asked to write).
+    """
+    if not path.exists() or (path.is_file() and path.stat().st_size == 0):
+        if not create:
+            raise NotAKernelLibrary(str(path), "no such file")
+        return
+    if not path.is_file():
+        raise NotAKernelLibrary(str(path), "not a regular file")
+    with path.open("rb") as fh:
+        if fh.read(len(_SQLITE_MAGIC)) != _SQLITE_MAGIC:
+            raise NotAKernelLibrary(str(path), "not an SQLite file")
+    try:
+        conn = sqlite3.connect(readonly_uri(path), uri=True, isolation_level=None)
+        try:
+            rows = conn.execute("SELECT value FROM meta WHERE key='format'").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError:
+        rows = []
+    if rows != [(LIBRARY_FORMAT,)]:
+        raise NotAKernelLibrary(str(path), "an SQLite file that is not an esper-es kernel library")
+
+
 class LibraryDatabase(KernelTables):
     """A kernel library shared across runs: its own SQLite file (WAL, FULL, busy timeout)."""
 
     def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
         self.path = Path(path)
+        check_library_file(self.path, create=not readonly)
         if readonly:
             conn = sqlite3.connect(
                 readonly_uri(self.path), uri=True, isolation_level=None,

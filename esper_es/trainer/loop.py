@@ -68,6 +68,7 @@ from esper_es.library.compiler import (
     install,
     is_compiled,
 )
+from esper_es.library.database import check_library_file
 from esper_es.library.recorder import KernelRecorder, recorder_for
 from esper_es.nn.fingerprint import (
     fingerprint_with_digests,
@@ -407,6 +408,9 @@ class Trainer:
         """Train for `epochs` (default `config.train.epochs`) and return the result."""
         epochs = self.config.train.epochs if epochs is None else epochs
         started = time.perf_counter()
+        if self.config.library.path:
+            # Refused before the run database exists, so a bad path leaves nothing behind.
+            check_library_file(Path(self.config.library.path), create=True)
         self.db = RunDatabase.create(self.db_path, self.run_id)
         try:
             with self._sigint():
