@@ -58,6 +58,10 @@ if TYPE_CHECKING:
 
 Result = tuple[bool, dict[str, Any]]
 SOURCES = ("controller", "user")
+Arrange = Callable[
+    [Sequence["ModificationTicket"], int],
+    tuple[list["ModificationTicket"], list["ModificationTicket"]],
+]
 
 
 class ModificationTicket:
@@ -152,6 +156,9 @@ class SeedOrchestrator:
         self._queue: list[ModificationTicket] = []
         self._in_flight: dict[str, ModificationTicket] = {}
         self._boundary_thread: int | None = None
+        #: Re-executing a log (`esper_es.replay.decisions`): puts a boundary's queue in its
+        #: recorded order and returns `(to plan now, to keep queued)`.
+        self.arrange: Arrange | None = None
 
     # --- the trainer's side ---------------------------------------------------------------
 
@@ -176,12 +183,27 @@ class SeedOrchestrator:
         telemetry: Mapping[str, Any] | None = None,
     ) -> ModificationTicket:
         """Queue a decision for the next step boundary; raises at once if it cannot be planned."""
+        ticket = self.ticket_for(decision, source, telemetry)
+        self.enqueue(ticket)
+        return ticket
+
+    def ticket_for(
+        self, decision: AdaptationDecision, source: str, telemetry: Mapping[str, Any] | None
+    ) -> ModificationTicket:
+        """A ticket for `decision` (an id drawn if it has none), not queued yet."""
         if source not in SOURCES:
             raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
-        ticket = self._ticket(decision, source, telemetry)
+        return self._ticket(decision, source, telemetry)
+
+    def enqueue(self, ticket: ModificationTicket) -> None:
+        """Queue `ticket` for the next boundary."""
         with self._lock:
             self._queue.append(ticket)
-        return ticket
+
+    def queued(self) -> list[ModificationTicket]:
+        """The tickets queued for the next boundary, in order."""
+        with self._lock:
+            return list(self._queue)
 
     def _ticket(
         self, decision: AdaptationDecision, source: str, telemetry: Mapping[str, Any] | None
@@ -199,6 +221,8 @@ class SeedOrchestrator:
         self._boundary_thread = threading.get_ident()
         with self._lock:
             queue, self._queue = self._queue, []
+            if self.arrange is not None:
+                queue, self._queue = self.arrange(queue, step)
         return self._plan_tickets(queue, step, stats)
 
     def _plan_tickets(

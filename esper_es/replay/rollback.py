@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from esper_es.command_bus import CommandBus
 from esper_es.core import events as ev
 from esper_es.nn.fingerprint import model_fingerprint
 from esper_es.replay.errors import InvalidRollbackPoint
@@ -88,14 +87,7 @@ def rollback(
         t = session.trainer
         name = _next_name(db)
         db.open_branch(name, parent, to_seq)
-        bus = CommandBus(db, session.config.lifecycle, branch=name)
-        t.bus = bus
-        assert t.orchestrator is not None
-        t.orchestrator.bus = bus
-        session._set_ids(None)
-        t.use_branch_ids(name)
-        t.writes_snapshots = True
-        t.replay_source = None
+        session.commit_live(name)
         step = step_of(session.log.events[-1])
         # After a run's last boundary the lifecycle part never ran: a resume with more epochs
         # must still run it, as for a checkpoint taken while a boundary's facts are built.

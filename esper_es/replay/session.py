@@ -30,14 +30,16 @@ from esper_es.config import RunConfig, config_from_dict
 from esper_es.core import events as ev
 from esper_es.core.canonical import canonical_json
 from esper_es.core.envelope import NewEvent, RecordedEvent
-from esper_es.errors import EnvironmentMismatch
+from esper_es.errors import EnvironmentMismatch, TamperDetected
 from esper_es.nn.fingerprint import fingerprint_with_digests, optimizer_fingerprint
 from esper_es.nn.telemetry import SeedSignal
+from esper_es.replay.decisions import RecordedDecisions
 from esper_es.replay.errors import Divergence
 from esper_es.replay.log import RecordedLog, count_id, step_of
 from esper_es.runtime.environment import apply_settings, check_environment
 from esper_es.runtime.rng import decode_rng_state, restore_rng_state, rng_digest
 from esper_es.store.database import MAIN, AppendResult, RunDatabase
+from esper_es.store.verify import check_chain
 from esper_es.trainer.loop import Position, Trainer
 from esper_es.trainer.snapshots import read_snapshot
 
@@ -122,6 +124,9 @@ class Session:
     ) -> None:
         self.db = db
         db.branch(branch)
+        # Verify before use (SPEC §6): nothing is re-executed, restored or appended on a log
+        # whose chain does not hold.
+        self.chain = check_chain(db)
         self.log = RecordedLog(db, branch, to_seq)
         self.started = self.log.run_started()
         self.config = config_from_dict(self.started.config)
@@ -139,6 +144,8 @@ class Session:
         self.checked = 0
         self.from_snapshot: int | None = None
         self.on_check: Callable[[RecordedEvent], None] | None = None
+        self.live = False
+        self.decisions = RecordedDecisions(self.log)
         self._forks = self._fork_steps()
 
     # --- setting up ------------------------------------------------------------------------
@@ -163,6 +170,12 @@ class Session:
         t = self.trainer
         upto = snapshot.seq if snapshot is not None else 0
         t.wire(_MatchingBus(self, self.config.lifecycle, upto))
+        if not self.recorded:
+            orchestrator = t.orchestrator
+            assert orchestrator is not None
+            orchestrator.arrange = lambda queue, step: self.decisions.arrange(
+                orchestrator, queue, step
+            )
         if snapshot is None:
             self._set_ids(0)
             return None
@@ -202,6 +215,7 @@ class Session:
             )
         t.batches_done = int(x["batches_done"])
         t.epoch_losses = list(x["epoch_losses"])
+        self._check_restored(snap_rec)
         self.log.seek(snap_rec.seq)
         self.log.last_seq = snap_rec.seq
         self.from_snapshot = snap_rec.seq
@@ -209,7 +223,31 @@ class Session:
         upto = snap_rec.seq if phase == "facts" else self._group_end(snap_rec)
         self._set_ids(upto)
         pending = "recorded" if self.recorded else ("lifecycle" if phase == "facts" else "none")
-        return Position(t.epoch, t.batches_done, tuple(t.epoch_losses), pending)
+        # Epoch 0 is the start boundary alone (a rollback to it): training goes on with epoch 1.
+        epoch = max(t.epoch, 1)
+        return Position(epoch, t.batches_done, tuple(t.epoch_losses), pending)
+
+    def _check_restored(self, rec: RecordedEvent) -> None:
+        """The restored state must be the one its `Checkpointed` recorded (a forged snapshot)."""
+        event = rec.event
+        assert isinstance(event, ev.Checkpointed)
+        t = self.trainer
+        fingerprint, tensors = fingerprint_with_digests(t.model.state_dict())
+        what = []
+        if fingerprint != event.fingerprint:
+            keys = sorted(set(tensors) | set(event.tensors))
+            differ = [k for k in keys if tensors.get(k) != event.tensors.get(k)]
+            what.append(f"model fingerprint differs (tensors: {', '.join(differ)})")
+        if optimizer_fingerprint(t.optimizer) != event.optimizer_fingerprint:
+            what.append("optimizer fingerprint differs")
+        if rng_digest() != event.rng:
+            what.append("RNG state differs")
+        if what:
+            raise TamperDetected(
+                rec.seq,
+                f"snapshot {event.snapshot} does not restore the state its Checkpointed "
+                f"recorded: {'; '.join(what)}",
+            )
 
     def _group_end(self, rec: RecordedEvent) -> int:
         step, last = step_of(rec), rec.seq
@@ -248,16 +286,25 @@ class Session:
         A stop, resume or rollback recorded facts with the trainer's ids that the re-executed
         run does not issue; the live run that went on after them counted past those ids.
         """
+        if self.live:
+            return
         log = self.log
         while (rec := log.peek()) is not None and rec.seq in log.admin:
             log.take()
             log.last_seq = rec.seq
             self._bump(rec)
+        if self.then_live and log.exhausted():
+            # Live before the boundary's facts are built, so that its checkpoint writes the
+            # snapshot the uninterrupted run wrote (SPEC §6: the resumed log is the same).
+            self.go_live(trainer)
+            return
         branch = MAIN
         for name, fork_step in self._forks:
             if trainer.step > fork_step:
                 branch = name
         trainer.use_branch_ids(branch)
+        if not self.recorded and trainer.orchestrator is not None:
+            self.decisions.before_boundary(trainer.orchestrator, trainer.step)
 
     def after_boundary(self, trainer: Trainer) -> None:
         """Recomputed mode: apply the log's `KernelCompiled` facts left in this boundary."""
@@ -395,12 +442,19 @@ class Session:
                 trainer.step,
                 "the recomputed run issues commands past the end of the log",
             )
-        bus = CommandBus(self.db, self.config.lifecycle, branch=self.log.branch)
+        self.commit_live(self.log.branch)
+
+    def commit_live(self, branch: str) -> None:
+        """From now on the trainer decides and appends to `branch` (resume, a new branch)."""
+        trainer = self.trainer
+        self.live = True
+        bus = CommandBus(self.db, self.config.lifecycle, branch=branch)
         trainer.bus = bus
         assert trainer.orchestrator is not None
         trainer.orchestrator.bus = bus
+        trainer.orchestrator.arrange = None
         self._set_ids(None)
-        trainer.use_branch_ids(self.log.branch)
+        trainer.use_branch_ids(branch)
         trainer.writes_snapshots = True
         trainer.replay_source = None
 

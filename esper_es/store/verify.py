@@ -65,6 +65,60 @@ def verify(path: str | Path) -> VerifyReport:
             raise TamperDetected(None, f"file is corrupt or truncated: {exc}") from None
 
 
+@attrs.frozen
+class ChainReport:
+    """A passed chain check (`check_chain`): how many events, and the head."""
+
+    events: int
+    head_seq: int
+    head_hash: str
+
+
+def check_chain(db: RunDatabase) -> ChainReport:
+    """The cheap check before a replay, resume or rollback uses a log.
+
+    Gap-free seqs, every row's hash over its content, the chain of `prev_hash`, the run id,
+    known branches, the append-only triggers and the audit trail's tail: what tampering with
+    rows (an altered payload, a deleted or re-chained row) breaks. Schemas and the lifecycle
+    fold are left to `verify`: the re-execution decodes every event it uses anyway, and the
+    snapshots it restores are checked against their `Checkpointed` fingerprints.
+    """
+    try:
+        return _check_chain(db)
+    except sqlite3.DatabaseError as exc:
+        raise TamperDetected(None, f"file is corrupt or truncated: {exc}") from None
+
+
+def _check_chain(db: RunDatabase) -> ChainReport:
+    known = {b.name for b in db.branches()}
+    prev, expected, last_good = GENESIS, 1, [0]
+    for row in _rows(db, last_good):
+        seq, run_id, branch, h = row[0], row[2], row[3], row[-1]
+        if seq != expected:
+            raise TamperDetected(expected, f"seq {expected} is missing (next stored seq is {seq})")
+        if row[-2] != prev:
+            raise TamperDetected(seq, "hash chain broken: prev_hash is not the previous row's hash")
+        if row_hash(row[-2], *row[:-2]) != h:
+            raise TamperDetected(seq, "row content does not match its hash (altered)")
+        if run_id != db.run_id:
+            raise TamperDetected(seq, f"run_id {run_id!r} is not this run's {db.run_id!r}")
+        if branch not in known:
+            raise TamperDetected(seq, f"branch {branch!r} is not recorded in the branches table")
+        prev, expected, last_good[0] = h, expected + 1, seq
+    _check_triggers(db)
+    _verify_audit(db.path, expected - 1, db)
+    return ChainReport(events=expected - 1, head_seq=expected - 1, head_hash=prev)
+
+
+def _check_triggers(db: RunDatabase) -> None:
+    present = {
+        r[0] for r in db.connection.execute("SELECT name FROM sqlite_master WHERE type='trigger'")
+    }
+    missing = [t for t in TRIGGERS if t not in present]
+    if missing:
+        raise TamperDetected(None, f"append-only triggers were removed: {', '.join(missing)}")
+
+
 def _rows(db: RunDatabase, last_good: list[int]) -> Iterator[tuple[Any, ...]]:
     cur = db.connection.execute(f"SELECT {_COLUMNS} FROM events ORDER BY seq")
     while True:
@@ -148,12 +202,7 @@ def _verify(db: RunDatabase) -> VerifyReport:
         prev, expected, last_good[0] = h, expected + 1, seq
         open_forks(seq)
     head_seq = expected - 1
-    present = {
-        r[0] for r in db.connection.execute("SELECT name FROM sqlite_master WHERE type='trigger'")
-    }
-    missing = [t for t in TRIGGERS if t not in present]
-    if missing:
-        raise TamperDetected(None, f"append-only triggers were removed: {', '.join(missing)}")
+    _check_triggers(db)
     blobs = _verify_blobs(db)
     audit_lines = _verify_audit(db.path, head_seq, db)
     return VerifyReport(
