@@ -16,6 +16,7 @@ resume, a rollback or a recomputing replay ranks exactly as the run did.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -88,6 +89,8 @@ class KernelRecorder:
         self.seen: list[OutcomeRow] = []
         self.checked = 0
         self._consulted: dict[Arm, ArmTotals] | None = None
+        #: Branch -> {ancestor: the last step of it that the branch sees} (see `_ancestors`).
+        self._lineage: dict[str, dict[str, int]] = {}
 
     def recorded_consultation(self) -> ev.LibraryConsulted | None:
         """The run's `LibraryConsulted`, if its log has one (a replay, resume or rollback)."""
@@ -192,13 +195,37 @@ class KernelRecorder:
     def outcomes(self, shape_kind: str) -> list[OutcomeRow]:
         """This run's own outcomes so far (ranking adds the recorded library totals)."""
         # A resumed run has not projected the outcomes before its snapshot: its own table has
-        # them (ended before the current boundary's step, on this branch).
+        # them (ended before the current boundary's step, on this branch, or on an ancestor
+        # branch up to the fork: a branch has its whole past, SPEC §6).
         mine = {(r.seed, r.kernel_id): r for r in self.seen if r.shape_kind == shape_kind}
         branch, step = self.branch(), self.step()
+        ancestors = self._ancestors(branch)
         for r in self.tables.outcomes(shape_kind):
-            if r.run_id == self.run_id and r.branch == branch and r.ended_step < step:
+            if r.run_id != self.run_id or r.ended_step >= step:
+                continue
+            if r.branch == branch or r.ended_step <= ancestors.get(r.branch, -1):
                 mine.setdefault((r.seed, r.kernel_id), r)
         return sorted(mine.values(), key=lambda r: (r.ended_step, r.seed, r.kernel_id))
+
+    def _ancestors(self, branch: str) -> dict[str, int]:
+        """Each ancestor of `branch` and the step of the last of its events `branch` sees.
+
+        A fork is at the end of a step boundary, so an ancestor's outcomes up to and including
+        that step are in the branch's past, and none of its later ones.
+        """
+        found = self._lineage.get(branch)
+        if found is None:
+            found = {}
+            for name, bound in self.db.lineage(branch):
+                if bound is None:
+                    continue
+                row = self.db.connection.execute(
+                    "SELECT payload FROM events WHERE seq=?", (bound,)
+                ).fetchone()
+                step = json.loads(row[0]).get("step", 0) if row is not None else 0
+                found[name] = int(step) if isinstance(step, int) else 0
+            self._lineage[branch] = found
+        return found
 
     def ranking(self) -> Callable[[LayerState], Sequence[str]]:
         """The orchestrator's `ranking`, from `outcomes` (see `esper_es.library.statistics`)."""
