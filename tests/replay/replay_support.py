@@ -11,7 +11,7 @@ from typing import Any
 
 from esper_es.core.canonical import canonical_json
 from esper_es.store.chain import row_hash
-from esper_es.store.database import TRIGGERS
+from esper_es.store.database import TRIGGERS, RunDatabase
 
 QUICK = (Path(__file__).resolve().parents[1] / "fixtures" / "quick_run.toml").read_text("utf-8")
 
@@ -67,3 +67,25 @@ def row_hashes(path: Path) -> dict[int, str]:
         return dict(conn.execute("SELECT seq, hash FROM events").fetchall())
     finally:
         conn.close()
+
+
+def comparable_log(path: Path, *, ids: bool = False) -> list[tuple[Any, ...]]:
+    """The log as (type, stream, payload[, ids]), without the stop events of a Ctrl-C."""
+    with RunDatabase.open(path, readonly=True) as db:
+        recs = list(db.read())
+    stops = {
+        i for i, r in enumerate(recs)
+        if r.type == "TrainingStopped" and r.payload["reason"] == "interrupted"
+    }  # fmt: skip
+    drop = stops | {i - 1 for i in stops if recs[i - 1].type == "Checkpointed"}
+    out = []
+    for i, r in enumerate(recs):
+        if i in drop:
+            continue
+        payload = dict(r.payload)
+        payload.pop("run_id", None) if r.type == "RunStarted" else None
+        row: tuple[Any, ...] = (r.type, r.stream, payload)
+        if ids:
+            row += (r.event_id, r.causation_id, r.correlation_id, r.stream_version)
+        out.append(row)
+    return out

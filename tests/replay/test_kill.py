@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from replay_support import comparable_log
 
 from esper_es.cli.main import main
 from esper_es.store.verify import verify
@@ -40,8 +41,8 @@ def _train(config: Path, db: Path) -> subprocess.Popen[bytes]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, int]:
-    """Fingerprint and event count of the quick run, never interrupted (in a subprocess)."""
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, int, Path]:
+    """Fingerprint, event count and database of the quick run, never interrupted."""
     from replay_support import QUICK
 
     root = tmp_path_factory.mktemp("kill")
@@ -50,15 +51,15 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, int]:
     proc = _train(config, root / "ref.db")
     out, _ = proc.communicate(timeout=120)
     obj = json.loads(out)
-    return obj["fingerprint"], obj["head_seq"]
+    return obj["fingerprint"], obj["head_seq"], root / "ref.db"
 
 
 @pytest.mark.parametrize("fraction", [0.3, 0.7])
 def test_sigkill_then_resume_is_bit_identical(
-    uninterrupted: tuple[str, int], quick_toml: Path, tmp_path: Path,
+    uninterrupted: tuple[str, int, Path], quick_toml: Path, tmp_path: Path,
     capsys: pytest.CaptureFixture[str], fraction: float,
 ) -> None:  # fmt: skip
-    fingerprint, total = uninterrupted
+    fingerprint, total, reference = uninterrupted
     db = tmp_path / "killed.db"
     proc = _train(quick_toml, db)
     target = int(total * fraction)
@@ -74,3 +75,5 @@ def test_sigkill_then_resume_is_bit_identical(
     obj = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert obj["fingerprint"] == fingerprint
     verify(db)
+    # No stop event: the resumed log equals the uninterrupted one, ids and snapshots included.
+    assert comparable_log(db, ids=True) == comparable_log(reference, ids=True)
