@@ -93,8 +93,8 @@ def test_a_branch_of_a_branch_sees_both_parents(
     """main -> b1 (forked before the first cull) -> b2 (forked on b1 after it)."""
     path, fingerprint = branch_run
     ends, outcome_steps = _boundaries(path)
-    with RunDatabase.open(path, readonly=True) as db:
-        steps = {r.seq: step_of(r) for r in RecordedLog(db, "main").events}
+    with RunDatabase.open(path, readonly=True) as handle:
+        steps = {r.seq: step_of(r) for r in RecordedLog(handle, "main").events}
     first = min(outcome_steps)
     early = [s for s in ends if steps[s] < first][-1]
     db = copy_db(path, tmp_path / "nested.db")

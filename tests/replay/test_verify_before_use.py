@@ -134,6 +134,13 @@ def _get(conn: sqlite3.Connection, key: str) -> bytes:
     return bytes(conn.execute("SELECT data FROM blobs WHERE key=?", (key,)).fetchone()[0])
 
 
+def _pointing_at(key: str) -> Callable[[dict[str, Any]], None]:
+    def change(payload: dict[str, Any]) -> None:
+        payload["snapshot"] = key
+
+    return change
+
+
 def forged_snapshot(path: Path) -> None:
     """A consistent forgery: new blobs under their own keys, `Checkpointed.snapshot` pointed at
     them, the chain re-computed and the audit trail deleted; only the fingerprint tells."""
@@ -148,7 +155,7 @@ def forged_snapshot(path: Path) -> None:
             new_key = _put(conn, canonical_bytes(manifest))
         finally:
             conn.close()
-        rewrite_payload(path, seq, lambda p, k=new_key: p.__setitem__("snapshot", k))
+        rewrite_payload(path, seq, _pointing_at(new_key))
     for trail in path.parent.glob(path.name + ".audit*"):
         trail.unlink()
 

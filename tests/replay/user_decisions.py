@@ -39,7 +39,7 @@ def _call(trainer: Trainer, step: int, decision: AdaptationDecision) -> None:
     assert orchestrator is not None
     if step % 2:
         coro = orchestrator.apply_architecture_modification(model=trainer.model, decision=decision)
-        asyncio.run(coro)  # type: ignore[arg-type]
+        asyncio.run(coro)
     else:
         orchestrator.apply_architecture_modification_sync(trainer.model, decision)
 
