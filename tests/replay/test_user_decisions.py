@@ -113,9 +113,11 @@ def test_sigkill_after_user_decisions_then_resume(
     _, fingerprint = user_run
     db = tmp_path / "killed.db"
     proc = _hang(quick_toml, db, USER_STEPS[-1] + 2)
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
     verify(db)
     if with_user_code:
         assert resume(db, trainer_factory=factory).fingerprint == fingerprint
