@@ -35,6 +35,7 @@ from esper_es.store.database import (
     TRIGGERS,
     RunDatabase,
     audit_path,
+    sqlite_failure,
 )
 
 
@@ -89,7 +90,8 @@ def check_chain(db: RunDatabase) -> ChainReport:
     try:
         return _check_chain(db)
     except sqlite3.DatabaseError as exc:
-        raise TamperDetected(None, f"file is corrupt or truncated: {exc}") from None
+        # Corrupt bytes are tampering; a file that cannot be read here is a StorageError.
+        raise sqlite_failure(db.path, exc) from None
 
 
 def _check_chain(db: RunDatabase) -> ChainReport:
