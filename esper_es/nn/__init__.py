@@ -25,7 +25,7 @@ from esper_es.nn.kernels import (
     kernel_spec,
 )
 from esper_es.nn.placement import (
-    Seeded,
+    SeedLayers,
     SeedLayerSpec,
     find_seed_layers,
     place_seed_layers,
@@ -51,7 +51,7 @@ __all__ = [
     "SeedLayer",
     "SeedLayerSpec",
     "SeedTelemetry",
-    "Seeded",
+    "SeedLayers",
     "ShapeNotFitting",
     "UnknownModulePath",
     "VectorMLP",

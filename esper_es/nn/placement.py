@@ -1,9 +1,25 @@
 """Placing seed layers in a user's host without editing its code.
 
-`place_seed_layers(host, {"layer1": SeedLayerSpec(num_seeds=2)}, example_input)` wraps the
-module at each dotted path in `Seeded(original, seed_layer)`, so the seed layer runs right after
-it. Host keys gain one `original.` component (`layer1.0.weight` → `layer1.original.0.weight`);
-`Seeded` also accepts the unwrapped keys when loading, so a plain host's checkpoint still loads.
+`place_seed_layers(host, {"layer1": SeedLayerSpec(num_seeds=2)}, example_input)` makes the seed
+layer run right after the module at each dotted path, and keeps every one of the host's own
+`state_dict` keys as it was: a checkpoint of the plain host loads with `strict=True` before or
+after placement (while every seed is dormant), and the host's own checkpoints keep loading
+into it.
+
+How: the seed layers live in one container registered on the host, `esper_seeds`, under
+their path with dots replaced by `__` (`layer1` -> `esper_seeds.layer1.alphas`,
+`blocks.0.mlp` -> `esper_seeds.blocks__0__mlp.kernels.0.…`), and a forward hook on the
+target module passes its output through the seed layer. Why a hook rather than wrapping the
+module (what placement did before): a wrapper sits at the module's path, so every key below it
+gains a component; a hook changes nothing in the module tree. While every seed is dormant the
+hook returns `None`, so the module's output is returned untouched (the identity, bit for bit),
+and the hook call replaces the wrapper's extra module call: no graph surgery, no added cost
+(B1, `bench/b1_dormant_overhead.py`). Hooks are module state: they survive `deepcopy`,
+pickling and `.to()`; a `forward` called directly (not through `module(...)`) skips them, as
+it skips every hook. One visible trace: a host that is itself a container (`nn.Sequential`,
+`nn.ModuleList`, `nn.ModuleDict`) lists `esper_seeds` as its last child (`len(host)` grows by
+one); in a `Sequential` it is called last and is the identity.
+
 Channels and shape kind are read off a dry forward pass with the user's example input.
 """
 
@@ -24,6 +40,9 @@ from esper_es.nn.seed_layer import SeedLayer
 #: Activation rank -> (shape kind, channel dimension).
 _KINDS = {2: ("vector", 1), 3: ("sequence", 2), 4: ("image", 1)}
 
+#: The attribute of the host that holds its seed layers (the prefix of their state_dict keys).
+SEEDS_ATTR = "esper_seeds"
+
 
 def _names(names: Iterable[str] | None) -> tuple[str, ...] | None:
     return None if names is None else tuple(names)
@@ -37,62 +56,64 @@ class SeedLayerSpec:
     blueprints: tuple[str, ...] | None = attrs.field(default=None, converter=_names)
 
 
-class Seeded(nn.Module):
-    """A host module followed by its seed layer."""
+class SeedLayers(nn.ModuleDict):
+    """The host's seed layers, keyed by `seed_key(path)`; registered as `host.esper_seeds`."""
 
-    def __init__(self, original: nn.Module, seed_layer: SeedLayer) -> None:
-        super().__init__()
-        self.original = original
-        self.seed_layer = seed_layer
-        self._register_load_state_dict_pre_hook(_accept_unwrapped_keys, with_module=True)  # type: ignore[no-untyped-call]
+    def forward(self, x: Any) -> Any:
+        """The identity: an `nn.Sequential` host calls its last child (this one) on its output."""
+        return x
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        """The original module's output, passed through the seed layer."""
-        out = self.original(*args, **kwargs)
-        seeds = self.seed_layer
+
+def seed_key(path: str) -> str:
+    """The key of the seed layer at module path `path` inside `esper_seeds`."""
+    return path.replace(".", "__")
+
+
+class SeedHook:
+    """The forward hook that runs a seed layer on its module's output."""
+
+    def __init__(self, layer: SeedLayer) -> None:
+        self.layer = layer
+
+    def __call__(self, module: nn.Module, args: Any, output: Any) -> Any:
+        """None (output unchanged) while no seed is active, else the seed layer's output."""
+        layer = self.layer
         # Calling the dormant seed layer as a module would cost its __call__ machinery on every
-        # step (B1); its forward would return `out` unchanged anyway.
-        if not seeds._plan:
-            return out
-        return seeds(out)
+        # step (B1); its forward would return `output` unchanged anyway.
+        if not layer._plan:
+            return None
+        return layer(output)
 
 
-def _accept_unwrapped_keys(
-    module: Seeded, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
-) -> None:
-    # A checkpoint of the host before placement names `prefix + "weight"`; map it inside.
-    for key in [k for k in state_dict if k.startswith(prefix)]:
-        rest = key[len(prefix) :]
-        if rest.startswith(("original.", "seed_layer.")):
-            continue
-        wrapped = f"{prefix}original.{rest}"
-        if wrapped not in state_dict:
-            state_dict[wrapped] = state_dict.pop(key)
+def _container(host: nn.Module, create: bool) -> SeedLayers | None:
+    found = host._modules.get(SEEDS_ATTR)
+    if found is None and SEEDS_ATTR in host.__dict__:
+        raise ShapeNotFitting("", f"the host's attribute {SEEDS_ATTR!r} is not esper-es's")
+    if found is not None and not isinstance(found, SeedLayers):
+        raise ShapeNotFitting("", f"the host's module {SEEDS_ATTR!r} is not esper-es's")
+    if found is None and create:
+        found = SeedLayers()
+        host.add_module(SEEDS_ATTR, found)
+    return found
 
 
 def _module_paths(host: nn.Module) -> list[str]:
-    """The host's dotted module paths as the user wrote them (wrappers looked through)."""
+    """The host's dotted module paths as the user wrote them (our seed layers left out)."""
     paths = set()
     for name, _ in host.named_modules():
-        parts = name.split(".") if name else []
-        if "seed_layer" in parts:
-            continue  # seed layers and kernels are ours, not places to put seeds
-        user_parts = [p for p in parts if p != "original"]
-        if user_parts:
-            paths.add(".".join(user_parts))
+        if name and name.split(".")[0] != SEEDS_ATTR:
+            paths.add(name)
     return sorted(paths)
 
 
 def resolve_path(host: nn.Module, path: str) -> tuple[nn.Module, str, nn.Module]:
-    """(parent, attribute, module) at user path `path`, looking through `Seeded` wrappers."""
+    """(parent, attribute, module) at the host's module path `path`."""
     parts = path.split(".") if path else []
     parent: nn.Module | None = None
     attr = ""
     current = host
     for part in parts:
-        while isinstance(current, Seeded) and part not in current._modules:
-            current = current.original
-        child = current._modules.get(part)
+        child = None if (parent is None and part == SEEDS_ATTR) else current._modules.get(part)
         if child is None:
             paths = _module_paths(host)
             close = difflib.get_close_matches(path, paths, n=5, cutoff=0.5)
@@ -104,19 +125,32 @@ def resolve_path(host: nn.Module, path: str) -> tuple[nn.Module, str, nn.Module]
 
 
 def find_seed_layers(model: nn.Module) -> dict[str, SeedLayer]:
-    """Every seed layer in `model`, by its name, in module order."""
+    """Every seed layer in `model`, by its name (its path), in placement order."""
     return {m.name: m for m in model.modules() if isinstance(m, SeedLayer)}
 
 
-def attach_seed_layer(host: nn.Module, path: str, seed_layer: SeedLayer) -> Seeded:
-    """Wrap the module at `path` so that `seed_layer` runs after it (no dry run)."""
-    parent, attr, module = resolve_path(host, path)
-    if isinstance(module, Seeded):
-        raise ShapeNotFitting(path, f"already holds seed layer {module.seed_layer.name!r}")
+def _taken(host: nn.Module, path: str) -> SeedLayer | None:
+    container = _container(host, create=False)
+    layer = None if container is None else container._modules.get(seed_key(path))
+    return layer if isinstance(layer, SeedLayer) else None
+
+
+def attach_seed_layer(host: nn.Module, path: str, seed_layer: SeedLayer) -> SeedLayer:
+    """Make `seed_layer` run after the module at `path` (no dry run); returns it."""
+    module = resolve_path(host, path)[2]
+    held = _taken(host, path)
+    if held is not None:
+        raise ShapeNotFitting(path, f"already holds seed layer {held.name!r}")
+    key = seed_key(path)
+    container = _container(host, create=True)
+    assert container is not None
+    if key in container:
+        raise ShapeNotFitting(path, f"its seed key {key!r} is taken by another path")
     ref = next((p for p in module.parameters()), None)
-    wrapped = Seeded(module, seed_layer.to(device=ref.device) if ref is not None else seed_layer)
-    parent._modules[attr] = wrapped
-    return wrapped
+    layer = seed_layer.to(device=ref.device) if ref is not None else seed_layer
+    container[key] = layer
+    module.register_forward_hook(SeedHook(layer))
+    return layer
 
 
 def infer_activation(
@@ -179,10 +213,15 @@ def place_seed_layers(
         p: s if isinstance(s, SeedLayerSpec) else SeedLayerSpec(num_seeds=s)
         for p, s in specs.items()
     }
+    keys: dict[str, str] = {}
     for path in norm:  # fail on a bad or taken path before changing anything
-        module = resolve_path(host, path)[2]
-        if isinstance(module, Seeded):
-            raise ShapeNotFitting(path, f"already holds seed layer {module.seed_layer.name!r}")
+        resolve_path(host, path)
+        held = _taken(host, path)
+        if held is not None:
+            raise ShapeNotFitting(path, f"already holds seed layer {held.name!r}")
+        other = keys.setdefault(seed_key(path), path)
+        if other != path:
+            raise ShapeNotFitting(path, f"its seed key {seed_key(path)!r} is also {other!r}'s")
     shapes = infer_activation(host, list(norm), example_input)
     layers: dict[str, SeedLayer] = {}
     for path, spec in norm.items():
@@ -202,7 +241,6 @@ def place_seed_layers(
                 path, f"no registered blueprint fits its {kind} activation with {channels} channels"
             )
         layers[path] = layer
-    # Deepest paths first, so wrapping an outer module never hides an inner path.
-    for path in sorted(norm, key=lambda p: -p.count(".")):
+    for path in norm:
         attach_seed_layer(host, path, layers[path])
     return layers

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -10,7 +12,7 @@ from esper_es.errors import EsperError, UnknownBlueprint
 from esper_es.nn import (
     CharTransformer,
     DigitsCNN,
-    Seeded,
+    SeedLayers,
     SeedLayerSpec,
     ShapeNotFitting,
     UnknownModulePath,
@@ -30,10 +32,11 @@ def test_cnn_placement_infers_image_channels_and_keeps_keys_recognisable() -> No
         "layer1": ("image", 6, 2),
         "layer2": ("image", 6, 1),
     }
-    assert isinstance(host.layer1, Seeded) and host.layer1.seed_layer is layers["layer1"]
+    assert isinstance(host.esper_seeds, SeedLayers)
+    assert host.esper_seeds["layer1"] is layers["layer1"]
     new_keys = set(host.state_dict())
-    assert {k.replace(".original.", ".") for k in new_keys if ".seed_layer." not in k} == keys
-    assert "layer1.seed_layer.alphas" in new_keys
+    assert {k for k in new_keys if not k.startswith("esper_seeds.")} == keys
+    assert "esper_seeds.layer1.alphas" in new_keys
     assert torch.equal(host(x), before)
     assert find_seed_layers(host) == layers
 
@@ -107,8 +110,39 @@ def test_a_checkpoint_of_the_plain_host_still_loads() -> None:
     place_seed_layers(seeded, {"layer1": 1}, seeded.example_input())
     result = seeded.load_state_dict(plain.state_dict(), strict=False)
     assert not result.unexpected_keys
+    assert all(k.startswith("esper_seeds.") for k in result.missing_keys)
     x = torch.randn(2, 1, 8, 8)
     assert torch.equal(seeded(x), plain(x))
+
+
+def test_placement_keeps_every_host_key_so_its_own_checkpoint_loads_strictly() -> None:
+    """Issue 9 item 6: `layer1.0.weight` used to become `layer1.original.0.weight`."""
+    host = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU()),
+        nn.Flatten(), nn.Linear(4 * 8 * 8, 3),
+    )  # fmt: skip
+    pretrained = {k: v.clone() for k, v in host.state_dict().items()}
+    x = torch.randn(2, 1, 8, 8)
+    place_seed_layers(host, {"2": 2, "3.1": 1}, x)
+    host_keys = [k for k in host.state_dict() if not k.startswith("esper_seeds.")]
+    assert host_keys == list(pretrained)  # same keys, same order
+    seed_keys = [k for k in host.state_dict() if k.startswith("esper_seeds.")]
+    assert "esper_seeds.3__1.alphas" in seed_keys and "esper_seeds.2.stages" in seed_keys
+    host[0].weight.data.add_(1.0)
+    # The user's own checkpoint loads into the host with seed layers placed, strictly:
+    host.load_state_dict({**host.state_dict(), **pretrained}, strict=True)
+    assert torch.equal(host[0].weight, pretrained["0.weight"])
+    # ... and the placed host's state minus the seed layers loads into a plain twin.
+    twin = copy.deepcopy(host)
+    twin_plain = nn.Sequential(*[copy.deepcopy(m) for m in list(host)[:-1]])
+    assert isinstance(host[-1], SeedLayers)  # a Sequential host lists it last (the identity)
+    twin_plain.load_state_dict(
+        {k: v for k, v in twin.state_dict().items() if not k.startswith("esper_seeds.")},
+        strict=True,
+    )
+    host.eval(), twin_plain.eval()
+    assert torch.equal(host(x), twin_plain(x))
 
 
 def test_a_path_takes_one_seed_layer() -> None:

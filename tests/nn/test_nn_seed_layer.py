@@ -53,9 +53,9 @@ def host_grads(model: nn.Module) -> dict[str, bytes]:
     """Gradients of the host's own parameters, keyed by their pre-placement names."""
     out = {}
     for name, p in model.named_parameters():
-        if ".seed_layer." in name:
+        if name.startswith("esper_seeds."):
             continue
-        key = name.replace(".original.", ".")
+        key = name
         out[key] = bits(p.grad) if p.grad is not None else b"none"
     return out
 

@@ -58,7 +58,7 @@ def test_counterfactual_contribution_is_side_effect_free_and_correct() -> None:
     assert model_fingerprint(model) == fp
     assert torch.equal(torch.random.get_rng_state(), rng)
     assert all(m.training for m in model.modules())
-    layer = model.layer1.seed_layer
+    layer = model.esper_seeds["layer1"]
     assert layer.alpha(0) == 0.7 and layer.active
     with torch.no_grad():
         with_seed = neg_loss(model, batch)
