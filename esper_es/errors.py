@@ -169,3 +169,9 @@ class UnsupportedSchemaVersion(EsperError):
             f"{event_type} v{version} is newer than this esper-es reads (v{supported}); "
             "upgrade esper-es to read this run database"
         )
+
+
+class HostFactoryError(EsperError):
+    """A run's host cannot be (re)built: no factory known, not importable, or not the run's."""
+
+    exit_code = EXIT_USAGE

@@ -250,6 +250,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_INTERRUPTED if result.interrupted else EXIT_OK
 
 
+def _factory(args: argparse.Namespace) -> Any:
+    """`--factory module:function` as a trainer factory (None: what the run recorded)."""
+    if not args.factory:
+        return None
+    from esper_es.replay.factory import run_factory
+
+    return run_factory(args.factory)
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     """Re-execute a run from its log and check it bit for bit."""
     from esper_es.errors import EXIT_VERIFY
@@ -260,6 +269,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             args.db, to_seq=args.to, branch=args.branch, out=args.out,
             recompute_decisions=args.recompute_decisions,
             allow_env_mismatch=args.allow_env_mismatch,
+            trainer_factory=_factory(args),
         )  # fmt: skip
     except Divergence as exc:
         print(f"esper-es: {exc}", file=sys.stderr)
@@ -290,7 +300,10 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     """Open a branch whose state is the state at SEQ."""
     from esper_es.replay import rollback
 
-    obj = rollback(args.db, args.to, allow_env_mismatch=args.allow_env_mismatch)
+    obj = rollback(
+        args.db, args.to, allow_env_mismatch=args.allow_env_mismatch,
+        trainer_factory=_factory(args),
+    )  # fmt: skip
     _emit(
         args,
         obj,
@@ -311,7 +324,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         raise UsageError("--epochs must be at least 1")
     result = resume(
         args.db, epochs=args.epochs, branch=args.branch,
-        allow_env_mismatch=args.allow_env_mismatch,
+        allow_env_mismatch=args.allow_env_mismatch, trainer_factory=_factory(args),
     )  # fmt: skip
     obj = {**result.to_dict(), "seconds": round(result.seconds, 3)}
     _emit(
@@ -439,6 +452,14 @@ _natural = _int_at_least(0)  # seqs and seeds: 0 is valid
 _count = _int_at_least(1)  # epochs, limits, examples
 
 
+def _factory_option(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument(
+        "--factory",
+        metavar="MODULE:FUNCTION",
+        help="the run factory that rebuilds a custom host's run (overrides the recorded one)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     p = _Parser(prog="esper-es", description="Event-sourced morphogenetic training.")
@@ -479,15 +500,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replay even where the environment differs from the recorded one",
     )
+    _factory_option(sp)
     sp = add("rollback", cmd_rollback, "open a branch whose state is the state at SEQ")
     sp.add_argument("db")
     sp.add_argument("--to", type=_natural, metavar="SEQ", required=True)
     sp.add_argument("--allow-env-mismatch", action="store_true")
+    _factory_option(sp)
     sp = add("resume", cmd_resume, "continue a stopped, crashed or rolled-back run")
     sp.add_argument("db")
     sp.add_argument("--epochs", type=_count, help="train to this many epochs in all")
     sp.add_argument("--branch", help="the branch to continue (default: the newest)")
     sp.add_argument("--allow-env-mismatch", action="store_true")
+    _factory_option(sp)
     sp = add("verify", cmd_verify, "check hash chain, gap-free sequence, schemas, stream versions")
     sp.add_argument("db")
     sp = add("history", cmd_history, "the audit timeline, with causes")

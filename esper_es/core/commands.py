@@ -162,6 +162,8 @@ class StartRun(Command):
     config: dict[str, Any] = attrs.field(factory=dict)
     dataset_fingerprint: str | None = None
     environment: dict[str, Any] = attrs.field(factory=dict)
+    host: dict[str, Any] | None = None
+    initial_weights: dict[str, Any] | None = None
 
 
 @attrs.frozen(slots=True, kw_only=True)

@@ -168,6 +168,8 @@ def _decide_run(s: RunState | None, cmd: c.StartRun) -> tuple[ev.Event, ...]:
             dataset_fingerprint=cmd.dataset_fingerprint,
             environment=dict(cmd.environment),
             step=cmd.step,
+            host=None if cmd.host is None else dict(cmd.host),
+            initial_weights=None if cmd.initial_weights is None else dict(cmd.initial_weights),
         ),
     )
 

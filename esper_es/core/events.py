@@ -74,7 +74,7 @@ class ControllerEvent(Event):
 # --- run and layers -------------------------------------------------------------------
 
 
-@event_type(1)
+@event_type(2)
 @attrs.frozen(kw_only=True)
 class RunStarted(RunEvent):
     """A run began; records what replay needs to reproduce it (SPEC §5)."""
@@ -85,6 +85,12 @@ class RunStarted(RunEvent):
     dataset_fingerprint: str | None = None
     environment: dict[str, Any] = attrs.field(factory=dict)
     step: int = 0
+    host: dict[str, Any] | None = None
+    """How to rebuild the host (SPEC §6): `{"kind": "built_in", "task": T}`, or
+    `{"kind": "custom", "factory": "module:function" or null}`; null in logs from before v2."""
+    initial_weights: dict[str, Any] | None = None
+    """The host's weights before step 1 (SPEC §5): `{"snapshot": blob key, "fingerprint": F}`
+    (a weights snapshot, see `esper_es.trainer.initial_weights`); null in logs from before v2."""
 
 
 @event_type(1)

@@ -61,3 +61,10 @@ def _germinated_v2_to_v3(payload: Payload) -> Payload:
     # v2 recorded no kernel config: every kernel of that era was built with its blueprint's
     # defaults, which `{}` means (the kernel id, a hash of the resolved config, still checks it).
     return {**payload, "config": {}}
+
+
+@upcaster("RunStarted", 1)
+def _run_started_v1_to_v2(payload: Payload) -> Payload:
+    # v1 recorded neither how the host was built nor its initial weights: replay rebuilds the
+    # built-in host of the config and trusts its initialisation, as it did then.
+    return {**payload, "host": None, "initial_weights": None}

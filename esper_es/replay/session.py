@@ -35,6 +35,12 @@ from esper_es.nn.fingerprint import fingerprint_with_digests, optimizer_fingerpr
 from esper_es.nn.telemetry import SeedSignal
 from esper_es.replay.decisions import RecordedDecisions
 from esper_es.replay.errors import Divergence
+from esper_es.replay.factory import (
+    TrainerFactory,
+    built_in_factory,
+    prepare_trainer,
+    resolve_factory,
+)
 from esper_es.replay.log import RecordedLog, count_id, step_of
 from esper_es.runtime.environment import apply_settings, check_environment
 from esper_es.runtime.rng import decode_rng_state, restore_rng_state, rng_digest
@@ -43,15 +49,7 @@ from esper_es.store.verify import check_chain
 from esper_es.trainer.loop import Position, Trainer
 from esper_es.trainer.snapshots import read_snapshot
 
-#: Builds the (not yet run) trainer of a recorded run: `(config, master_seed, db_path)`.
-TrainerFactory = Callable[[RunConfig, int, Path], Trainer]
-
-
-def built_in_factory(config: RunConfig, master_seed: int, db_path: Path) -> Trainer:
-    """The trainer of a built-in task (what `esper-es train` ran)."""
-    from esper_es.trainer.api import built_in_trainer
-
-    return built_in_trainer(config, seed=master_seed, db_path=db_path)
+__all__ = ["Session", "TrainerFactory", "built_in_factory"]
 
 
 def prepare_environment(
@@ -133,8 +131,9 @@ class Session:
         self.env_differences = prepare_environment(self.started, self.config, allow_env_mismatch)
         if self.env_differences and not allow_env_mismatch:
             raise EnvironmentMismatch(self.env_differences)
-        factory = factory or built_in_factory
+        factory = resolve_factory(self.started, factory)
         self.trainer = trainer = factory(self.config, self.started.master_seed, db.path)
+        prepare_trainer(trainer, db, self.started)
         trainer.run_id = db.run_id
         trainer.db = db
         trainer.replay_source = self

@@ -169,3 +169,14 @@ def decode_rng_state(blob: bytes) -> dict[str, Any]:
     result = dec(json.loads(blob))
     assert isinstance(result, dict)
     return result
+
+
+def seed_everything(seed: int) -> None:
+    """Seed the global torch, `random` and numpy RNGs as `train` does before building a host.
+
+    Call it before building your model, with the seed you pass to `train`: the model's
+    initial weights then equal those of `train(<a function building it>, seed=seed)`.
+    """
+    torch.manual_seed(derive_seed(seed, "host_factory"))
+    random.seed(derive_seed(seed, "host_factory", "python"))
+    np.random.seed(derive_seed(seed, "host_factory", "numpy") % 2**32)

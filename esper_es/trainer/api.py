@@ -3,7 +3,7 @@
 ```python
 from esper_es.trainer import train
 result = train(
-    my_model,                                   # any nn.Module
+    MyNet,                                      # a function building the host (or a host)
     example_input=torch.zeros(2, 3, 32, 32),    # one batch of its input, for placement
     seed_layers={"block1": 2, "block2": 2},     # module path -> seed slots after it
     train_data=(x_train, y_train),              # tensors, or epoch -> batches, or batches
@@ -13,9 +13,14 @@ result = train(
     optimizer_factory=lambda params: torch.optim.AdamW(params, lr=1e-3),
     controller=HeuristicController(),           # or your own `decide(telemetry)`, or None
     db_path="runs/mine.db",
-    epochs=5,
+    seed=0, epochs=5,
 )
 ```
+
+The first argument is the host, a function building it (called with the global RNGs seeded
+from `seed`, so the same seed gives the same initial weights), or a *run factory* returning a
+whole `TrainSpec` (or its import path `module:function`, which the run records so the CLI can
+replay it; see `esper_es.trainer.spec`).
 
 `built_in(config, seed, db_path)` runs one of the built-in tasks (what `esper-es train` does).
 """
@@ -27,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-from torch import nn
 
 from esper_es.config import RunConfig
 from esper_es.controller import Controller
@@ -42,17 +46,18 @@ from esper_es.trainer.loop import (
     TrainResult,
     ValData,
 )
+from esper_es.trainer.spec import HostOrFactory, TrainSpec, resolve_spec
 from esper_es.trainer.tasks import build_task
 
 
 def make_trainer(
-    host: nn.Module,
+    host: HostOrFactory,
     *,
-    train_data: TrainData,
-    val_data: ValData,
-    loss_fn: LossFn,
-    example_input: Any,
     db_path: str | Path,
+    train_data: TrainData | None = None,
+    val_data: ValData | None = None,
+    loss_fn: LossFn | None = None,
+    example_input: Any = None,
     seed_layers: Mapping[str, int] | None = None,
     metric_fn: MetricFn | None = None,
     optimizer_factory: OptimizerFactory | None = None,
@@ -62,38 +67,71 @@ def make_trainer(
     dataset_fingerprint: str | None = None,
     on_step: StepHook | None = None,
     progress: bool = False,
+    factory: str | None = None,
 ) -> Trainer:
     """A `Trainer` for your own host (see `train`); call `.run()` on it."""
+    given: dict[str, Any] = {
+        k: v
+        for k, v in (
+            ("train_data", train_data), ("val_data", val_data), ("loss_fn", loss_fn),
+            ("example_input", example_input), ("seed_layers", seed_layers),
+            ("metric_fn", metric_fn), ("optimizer_factory", optimizer_factory),
+            ("dataset_fingerprint", dataset_fingerprint),
+        )
+        if v is not None
+    }  # fmt: skip
+    if controller is not _DEFAULT:
+        given["controller"] = controller
+    spec, path = resolve_spec(host, given, seed=seed, factory=factory)
+    return trainer_for(
+        spec, config=config, seed=seed, db_path=db_path, factory=path,
+        on_step=on_step, progress=progress,
+    )  # fmt: skip
+
+
+def trainer_for(
+    spec: TrainSpec,
+    *,
+    config: RunConfig | None,
+    seed: int,
+    db_path: str | Path,
+    factory: str | None = None,
+    on_step: StepHook | None = None,
+    progress: bool = False,
+) -> Trainer:
+    """The `Trainer` of a resolved `TrainSpec`; `factory` is the import path to record."""
     config = config or RunConfig()
-    if seed_layers is not None:
+    if spec.seed_layers is not None:
         # Only the placement changes: blueprints and kernel configs stay as configured.
-        config = attrs.evolve(config, seeds=attrs.evolve(config.seeds, layers=dict(seed_layers)))
+        layers = dict(spec.seed_layers)
+        config = attrs.evolve(config, seeds=attrs.evolve(config.seeds, layers=layers))
     return Trainer(
-        host,
+        spec.host,
         config=config,
         master_seed=seed,
         db_path=db_path,
-        train_data=train_data,
-        val_data=val_data,
-        loss_fn=loss_fn,
-        metric_fn=metric_fn,
-        example_input=example_input,
-        optimizer_factory=optimizer_factory,
-        controller=controller,
-        dataset_fingerprint=dataset_fingerprint,
+        train_data=spec.train_data,
+        val_data=spec.val_data,
+        loss_fn=spec.loss_fn,
+        metric_fn=spec.metric_fn,
+        example_input=spec.example_input,
+        optimizer_factory=spec.optimizer_factory,
+        controller=spec.controller,
+        dataset_fingerprint=spec.dataset_fingerprint,
         on_step=on_step,
         progress=progress,
+        host_source={"kind": "custom", "factory": factory},
     )
 
 
 def train(
-    host: nn.Module,
+    host: HostOrFactory,
     *,
-    train_data: TrainData,
-    val_data: ValData,
-    loss_fn: LossFn,
-    example_input: Any,
     db_path: str | Path,
+    train_data: TrainData | None = None,
+    val_data: ValData | None = None,
+    loss_fn: LossFn | None = None,
+    example_input: Any = None,
     seed_layers: Mapping[str, int] | None = None,
     metric_fn: MetricFn | None = None,
     optimizer_factory: OptimizerFactory | None = None,
@@ -104,8 +142,15 @@ def train(
     dataset_fingerprint: str | None = None,
     on_step: StepHook | None = None,
     progress: bool = False,
+    factory: str | None = None,
 ) -> TrainResult:
     """Train `host` with seed layers at `seed_layers`, recording the run in `db_path`.
+
+    `host` is an `nn.Module`; or a function of no arguments building it, called with the
+    global RNGs seeded from `seed` (same seed, same initial weights); or a run factory
+    returning a `TrainSpec` (host, data, loss, ...), or its import path `module:function`.
+    The run records a factory's import path when it has one (`factory=` names it for a host
+    passed directly), so `esper-es replay|resume|rollback` can rebuild the run.
 
     `controller` defaults to the heuristic controller of `config.controller`; pass `None` for
     none (seeds then change only by decisions you submit, e.g. from `on_step` with
@@ -127,6 +172,7 @@ def train(
         dataset_fingerprint=dataset_fingerprint,
         on_step=on_step,
         progress=progress,
+        factory=factory,
     )
     return trainer.run(epochs)
 
@@ -156,6 +202,7 @@ def built_in_trainer(
         dataset_fingerprint=task.fingerprint,
         on_step=on_step,
         progress=progress,
+        host_source={"kind": "built_in", "task": config.host.task},
     )
 
 

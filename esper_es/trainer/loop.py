@@ -87,6 +87,7 @@ from esper_es.runtime.environment import capture_environment, configure_determin
 from esper_es.runtime.rng import capture_rng_state, encode_rng_state, rng_digest
 from esper_es.store.database import MAIN, RunDatabase
 from esper_es.trainer.driver import DriverSettings, LifecycleDriver, relative_spread
+from esper_es.trainer.initial_weights import record_initial_weights
 from esper_es.trainer.snapshots import write_snapshot
 
 Batch = Any
@@ -231,8 +232,15 @@ class Trainer:
         progress: bool = False,
         on_step: StepHook | None = None,
         run_id: str | None = None,
+        host_source: Mapping[str, Any] | None = None,
     ) -> None:
         self.config = config
+        #: `RunStarted.host`: how to rebuild the host (a custom host with no factory if None).
+        self.host_source: dict[str, Any] | None = dict(
+            host_source or {"kind": "custom", "factory": None}
+        )
+        #: `RunStarted.initial_weights`; written at boundary 0 live, taken from the log replaying.
+        self.initial_weights: dict[str, Any] | None = None
         self.master_seed = int(master_seed)
         self.db_path = Path(db_path)
         self.loss_fn = loss_fn
@@ -456,6 +464,9 @@ class Trainer:
 
     def _start_boundary(self) -> None:
         """Boundary 0: the run, its seed layers, the host's starting quality, a checkpoint."""
+        assert self.db is not None
+        if self.replay_source is None:
+            self.initial_weights = record_initial_weights(self.db, self.model)
         val_loss0, acc0 = self.evaluate()
         self.val_loss_history.append(val_loss0)
         if acc0 is not None:
@@ -468,6 +479,8 @@ class Trainer:
                 config=self.config.to_dict(),
                 dataset_fingerprint=self.dataset_fingerprint,
                 environment=capture_environment(),
+                host=self.host_source,
+                initial_weights=self.initial_weights,
             )
         ]
         consulted = self.recorder.consultation(layer.shape_kind for layer in self.layers.values())

@@ -38,8 +38,8 @@ class SnapshotStats:
 
 
 class _Writer:
-    def __init__(self, db: RunDatabase) -> None:
-        self.db = db
+    def __init__(self, db: RunDatabase | None) -> None:
+        self.db = db  # None: only compute the keys (nothing is stored)
         self.tensors = 0
         self.new_blobs = 0
         self.new_bytes = 0
@@ -52,6 +52,8 @@ class _Writer:
         self.total_bytes += len(data)
         # Unchanged tensors are already stored; new ones are written together in `flush`,
         # one transaction (one fsync) for the whole snapshot instead of one per tensor (B2).
+        if self.db is None:
+            return key
         if key not in self.pending and not self.db.has_blob(key):
             self.pending[key] = data
             self.new_blobs += 1
@@ -59,7 +61,8 @@ class _Writer:
         return key
 
     def flush(self) -> None:
-        self.db.put_blobs(list(self.pending.values()))
+        if self.db is not None:
+            self.db.put_blobs(list(self.pending.values()))
         self.pending.clear()
 
     def tensor(self, t: Tensor) -> dict[str, Any]:
@@ -154,3 +157,28 @@ def read_snapshot(db: RunDatabase, key: str) -> dict[str, Any]:
             else manifest["extra"]
         ),
     }
+
+
+def write_weights(db: RunDatabase | None, state: Mapping[str, Tensor]) -> str:
+    """Store a weights-only snapshot of a `state_dict`; returns its key (None db: key only).
+
+    Its manifest names one blob per tensor, as a full snapshot's does, so the host's
+    unchanged tensors are shared with the run's later snapshots.
+    """
+    w = _Writer(db)
+    manifest = {
+        "format": SNAPSHOT_FORMAT,
+        "kind": "weights",
+        "model": {k: w.tensor(t) for k, t in sorted(state.items())},
+    }
+    key = w.blob(canonical_bytes(manifest))
+    w.flush()
+    return key
+
+
+def read_weights(db: RunDatabase, key: str) -> dict[str, Tensor]:
+    """A weights-only snapshot back, as a `state_dict` (every blob checked against its key)."""
+    manifest = json.loads(db.get_blob(key))
+    if manifest.get("format") != SNAPSHOT_FORMAT or manifest.get("kind") != "weights":
+        raise ValueError(f"blob {key} is not a weights snapshot")
+    return {k: _tensor(db, ref) for k, ref in manifest["model"].items()}

@@ -49,6 +49,8 @@ BY_NAME: dict[str, Any] = {
     "val_accuracy": 0.5,
     "branch": "b1",
     "from_branch": "main",
+    "host": {"kind": "custom", "factory": "my_pkg.hosts:make_run"},
+    "initial_weights": {"snapshot": "ab" * 32, "fingerprint": "sha256:" + "cd" * 32},
     "arms": [
         {
             "blueprint": "mlp",

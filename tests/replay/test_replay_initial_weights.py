@@ -1,0 +1,110 @@
+"""Initial weights in the log (SPEC §5): checked before use; logs without them replay as before."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from replay_support import rewrite_payload
+
+from esper_es.config import RunConfig
+from esper_es.core.canonical import canonical_json
+from esper_es.errors import EXIT_VERIFY
+from esper_es.replay import replay
+from esper_es.store.chain import row_hash
+from esper_es.store.database import TRIGGERS, RunDatabase
+from esper_es.trainer import built_in
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def esper(*argv: object) -> subprocess.CompletedProcess[str]:
+    """`esper-es ARGS` in a fresh process."""
+    return subprocess.run(
+        [sys.executable, "-m", "esper_es.cli.main", *map(str, argv)],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+
+
+def as_run_started_v1(path: Path) -> None:
+    """Rewrite seq 1 into a RunStarted v1 (no host, no initial weights), re-chained."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        saved = [
+            r[0]
+            for r in conn.execute(
+                "SELECT sql FROM sqlite_master WHERE type='trigger' AND name IN"
+                f" ({','.join('?' * len(TRIGGERS))})",
+                TRIGGERS,
+            )
+        ]
+        conn.execute("BEGIN")
+        for name in TRIGGERS:
+            conn.execute(f"DROP TRIGGER IF EXISTS {name}")
+        payload = json.loads(conn.execute("SELECT payload FROM events WHERE seq=1").fetchone()[0])
+        del payload["host"], payload["initial_weights"]
+        conn.execute(
+            "UPDATE events SET payload=?, schema_version=1 WHERE seq=1", (canonical_json(payload),)
+        )
+        rows = conn.execute(
+            "SELECT seq, event_id, run_id, branch, stream, stream_version, type, schema_version,"
+            " payload, causation_id, correlation_id, recorded_at, prev_hash FROM events"
+            " ORDER BY seq"
+        ).fetchall()
+        prev = rows[0][-1]
+        for r in rows:
+            h = row_hash(prev, *r[:-1])
+            conn.execute("UPDATE events SET prev_hash=?, hash=? WHERE seq=?", (prev, h, r[0]))
+            prev = h
+        for sql in saved:
+            conn.execute(sql)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+def test_built_in_run_records_its_host_and_initial_weights(
+    tmp_path: Path, quick: RunConfig
+) -> None:
+    db = tmp_path / "run.db"
+    result = built_in(quick, seed=0, db_path=db)
+    with RunDatabase.open(db, readonly=True) as rdb:
+        (rec,) = rdb.read(types=["RunStarted"])
+        assert rec.schema_version == 2
+        assert rec.event.host == {"kind": "built_in", "task": "digits"}
+        assert rdb.has_blob(rec.event.initial_weights["snapshot"])
+    assert replay(db).fingerprint == result.fingerprint
+    assert replay(db, recompute_decisions=True).fingerprint == result.fingerprint
+
+
+def test_a_log_from_before_run_started_v2_replays_as_before(
+    tmp_path: Path, quick: RunConfig
+) -> None:
+    db = tmp_path / "run.db"
+    result = built_in(quick, seed=0, db_path=db)
+    as_run_started_v1(db)
+    with RunDatabase.open(db, readonly=True) as rdb:
+        (rec,) = rdb.read(types=["RunStarted"])
+        assert rec.schema_version == 1 and rec.event.initial_weights is None  # upcast
+    assert replay(db).fingerprint == result.fingerprint
+    assert replay(db, recompute_decisions=True).fingerprint == result.fingerprint
+
+
+def test_forged_initial_weights_stop_replay_with_exit_3_before_any_step(
+    tmp_path: Path, quick: RunConfig
+) -> None:
+    db = tmp_path / "run.db"
+    built_in(quick, seed=0, db_path=db)
+    rewrite_payload(db, 1, lambda p: p["initial_weights"].update(fingerprint="sha256:" + "0" * 64))
+    with RunDatabase.open(db, readonly=True) as rdb:
+        head = rdb.head_seq("main")
+    proc = esper("replay", db)
+    assert proc.returncode == EXIT_VERIFY, proc.stderr
+    assert "initial weights" in proc.stderr
+    proc = esper("resume", db, "--epochs", "4")
+    assert proc.returncode == EXIT_VERIFY, proc.stderr
+    with RunDatabase.open(db, readonly=True) as rdb:
+        assert rdb.head_seq("main") == head  # nothing appended
