@@ -20,7 +20,7 @@ from torch import nn
 
 import esper_es
 from esper_es.config import RunConfig, config_from_dict
-from esper_es.errors import EXIT_OK, EXIT_USAGE, EXIT_VERIFY, HostFactoryError
+from esper_es.errors import EXIT_OK, EXIT_USAGE, HostFactoryError
 from esper_es.replay import replay
 from esper_es.store.database import RunDatabase
 from esper_es.trainer import TrainSpec, train
@@ -34,7 +34,7 @@ import custom_hosts  # noqa: E402
 
 @pytest.fixture
 def config() -> RunConfig:
-    """The quick trainer config, two epochs (2 × 2 steps; the controller decides at once)."""
+    """The quick trainer config, two epochs (the controller decides at once)."""
     cfg = config_from_dict(tomllib.loads(QUICK))
     return attrs.evolve(cfg, train=attrs.evolve(cfg.train, epochs=2))
 
