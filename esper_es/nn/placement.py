@@ -59,9 +59,27 @@ class SeedLayerSpec:
 class SeedLayers(nn.ModuleDict):
     """The host's seed layers, keyed by `seed_key(path)`; registered as `host.esper_seeds`."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._register_load_state_dict_pre_hook(_plain_host_checkpoint, with_module=True)  # type: ignore[no-untyped-call]
+
     def forward(self, x: Any) -> Any:
         """The identity: an `nn.Sequential` host calls its last child (this one) on its output."""
         return x
+
+
+def _plain_host_checkpoint(
+    module: SeedLayers, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+) -> None:
+    # A checkpoint of the host alone (no key under `esper_seeds.`) loads strictly while every
+    # seed is dormant: the dormant seed layers keep their state, which is the identity anyway.
+    # Once a seed holds a kernel the model has grown, and such a checkpoint no longer covers it.
+    if any(k.startswith(prefix) for k in state_dict):
+        return
+    if any(len(layer.kernels) for layer in module.values() if isinstance(layer, SeedLayer)):
+        return
+    for key, value in module.state_dict().items():
+        state_dict[prefix + key] = value
 
 
 def seed_key(path: str) -> str:

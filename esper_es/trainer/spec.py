@@ -28,6 +28,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -163,6 +164,13 @@ def resolve_spec(
         if isinstance(made, TrainSpec) and path is None:
             # Only a factory that builds the whole run (data, loss, ...) can rebuild it.
             path = factory_path(host)
+            if path is None:
+                warnings.warn(
+                    f"run factory {name} has no import path another process can use (a "
+                    "lambda, a nested function or a script's __main__): the run records none, "
+                    "so the CLI will need --factory; pass train('module:function', ...) instead",
+                    stacklevel=3,
+                )
     else:
         raise TypeError(f"host must be an nn.Module, a factory or its import path, not {host!r}")
     if isinstance(made, TrainSpec):

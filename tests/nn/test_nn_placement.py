@@ -131,7 +131,7 @@ def test_placement_keeps_every_host_key_so_its_own_checkpoint_loads_strictly() -
     assert "esper_seeds.3__1.alphas" in seed_keys and "esper_seeds.2.stages" in seed_keys
     host[0].weight.data.add_(1.0)
     # The user's own checkpoint loads into the host with seed layers placed, strictly:
-    host.load_state_dict({**host.state_dict(), **pretrained}, strict=True)
+    host.load_state_dict(pretrained, strict=True)
     assert torch.equal(host[0].weight, pretrained["0.weight"])
     # ... and the placed host's state minus the seed layers loads into a plain twin.
     twin = copy.deepcopy(host)
@@ -151,3 +151,17 @@ def test_a_path_takes_one_seed_layer() -> None:
     with pytest.raises(ShapeNotFitting, match="already holds"):
         place_seed_layers(host, {"layer2": 1, "layer1": 1}, host.example_input())
     assert list(find_seed_layers(host)) == ["layer1"]  # nothing half-done
+
+
+def test_a_host_checkpoint_no_longer_loads_strictly_once_a_seed_holds_a_kernel() -> None:
+    from esper_es.core.lifecycle import Stage
+    from esper_es.nn import build_kernel
+
+    host = DigitsCNN(width=6, seed=0)
+    pretrained = {k: v.clone() for k, v in host.state_dict().items()}
+    (layer,) = place_seed_layers(host, {"layer1": 1}, host.example_input()).values()
+    layer.set_stage(0, Stage.GERMINATED)
+    layer.set_kernel(0, build_kernel("conv3x3", "image", 6, 1))
+    with pytest.raises(RuntimeError, match="Missing key"):
+        host.load_state_dict(pretrained, strict=True)
+    host.load_state_dict(pretrained, strict=False)  # the host's part still loads

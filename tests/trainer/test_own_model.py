@@ -15,7 +15,6 @@ import attrs
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import QUICK
 from torch import nn
 
 import esper_es
@@ -27,6 +26,7 @@ from esper_es.trainer import TrainSpec, train
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures"
+QUICK = (FIXTURES / "quick_trainer_run.toml").read_text("utf-8")
 sys.path.insert(0, str(FIXTURES))
 
 import custom_hosts  # noqa: E402
