@@ -18,9 +18,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import esper_es
+from esper_es.cli.main import main as cli_main
 from esper_es.config import RunConfig, config_from_dict
 from esper_es.errors import EXIT_OK, EXIT_USAGE, HostFactoryError
 from esper_es.replay import replay
+from esper_es.replay.log import RecordedLog
+from esper_es.replay.rollback import boundary_ends
 from esper_es.store.database import RunDatabase
 from esper_es.trainer import TrainSpec, train
 
@@ -83,7 +86,7 @@ def test_batchnorm_host_by_factory_replays_from_the_cli_bit_for_bit(
 
 
 def test_dropout_host_passed_directly_needs_a_factory_on_the_cli(
-    tmp_path: Path, config: RunConfig
+    tmp_path: Path, config: RunConfig, capsys: pytest.CaptureFixture[str]
 ) -> None:
     db = tmp_path / "drop.db"
     x, y = custom_hosts.drop_data()
@@ -105,6 +108,17 @@ def test_dropout_host_passed_directly_needs_a_factory_on_the_cli(
     assert one_json(proc.stdout)["fingerprint"] == result.fingerprint
     with pytest.raises(HostFactoryError, match="--factory"):
         replay(db)
+    # Rollback and resume take it too: back to a mid-run boundary, then on to the same end.
+    with RunDatabase.open(db, readonly=True) as rdb:
+        ends = boundary_ends(RecordedLog(rdb, "main"))
+    capsys.readouterr()
+    mid = str(ends[len(ends) // 2])
+    assert cli_main(["rollback", str(db), "--to", mid]) == EXIT_USAGE
+    factory = ["--factory", "custom_hosts:drop_run"]
+    assert cli_main(["rollback", str(db), "--to", mid, "--json", *factory]) == EXIT_OK
+    branch = one_json(capsys.readouterr().out)["branch"]
+    assert cli_main(["resume", str(db), "--branch", branch, "--json", *factory]) == EXIT_OK
+    assert one_json(capsys.readouterr().out)["fingerprint"] == result.fingerprint
 
 
 def test_readme_snippet_twice_with_seed_0_gives_one_fingerprint(
