@@ -165,3 +165,23 @@ def test_a_host_checkpoint_no_longer_loads_strictly_once_a_seed_holds_a_kernel()
     with pytest.raises(RuntimeError, match="Missing key"):
         host.load_state_dict(pretrained, strict=True)
     host.load_state_dict(pretrained, strict=False)  # the host's part still loads
+
+
+def test_a_deep_copy_runs_its_own_seed_layers() -> None:
+    from esper_es.core.lifecycle import Stage
+    from esper_es.nn import build_kernel
+
+    host = DigitsCNN(width=6, seed=0)
+    place_seed_layers(host, {"layer1": 1}, host.example_input())
+    twin = copy.deepcopy(host)
+    layer = twin.esper_seeds["layer1"]
+    assert layer is not host.esper_seeds["layer1"]
+    x = host.example_input()
+    before = host(x)
+    for stage in (Stage.GERMINATED, Stage.TRAINING, Stage.GRAFTING):
+        layer.set_stage(0, stage)
+        if stage is Stage.GERMINATED:
+            layer.set_kernel(0, build_kernel("conv3x3", "image", 6, 1))
+    layer.set_alpha(0, 0.5)
+    assert torch.equal(host(x), before)  # the original is untouched
+    assert not torch.equal(twin(x), before)  # the copy's hook runs the copy's seed layer
