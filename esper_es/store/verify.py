@@ -113,7 +113,109 @@ def _check_chain(db: RunDatabase) -> ChainReport:
     _check_triggers(db)
     _verify_audit(db.path, expected - 1, db)
     blobs = _verify_blobs(db)
+    check_structure(db)
     return ChainReport(events=expected - 1, head_seq=expected - 1, head_hash=prev, blobs=blobs)
+
+
+def check_structure(db: RunDatabase) -> None:
+    """What is outside the hash chain but changes what a replay does (SPEC §9).
+
+    The branches table (a branch's parent and fork point decide which events it sees) is
+    checked against each branch's first event, the `RunRolledBack` that opened it; every
+    kernel artifact row against the header of the blob it points to and against the
+    `SeedGerminated` that made the kernel; and the file must end where SQLite's last page does
+    (SQLite ignores bytes after it, so anything there was put by someone else).
+    """
+    _check_file_end(db)
+    _check_branches(db)
+    _check_artifacts(db)
+
+
+def _check_file_end(db: RunDatabase) -> None:
+    conn = db.connection
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    size = conn.execute("PRAGMA page_size").fetchone()[0]
+    actual = db.path.stat().st_size
+    # With WAL content not yet checkpointed the file can be shorter, never longer: the log
+    # only grows, so the file is never truncated by a checkpoint.
+    if actual > pages * size:
+        raise TamperDetected(
+            None, f"{actual - pages * size} bytes follow the database's last page (appended)"
+        )
+
+
+def _check_branches(db: RunDatabase) -> None:
+    conn = db.connection
+    for b in db.branches():
+        if b.name == "main":
+            if b.parent is not None or b.fork_seq != 0:
+                raise TamperDetected(None, "the branches table gives main a parent or fork point")
+            continue
+        first = conn.execute(
+            "SELECT seq, type, payload FROM events WHERE branch=? ORDER BY seq LIMIT 1",
+            (b.name,),
+        ).fetchone()
+        if first is None:
+            continue  # opened, then the rollback stopped before its first commit
+        seq, type_name, payload = first
+        data = loads(payload) if type_name == "RunRolledBack" else {}
+        recorded = (data.get("branch"), data.get("from_branch"), data.get("to_seq"))
+        if recorded != (b.name, b.parent, b.fork_seq):
+            raise TamperDetected(
+                seq,
+                f"branch {b.name!r} in the branches table (parent {b.parent!r}, fork seq "
+                f"{b.fork_seq}) is not what its first event recorded {recorded}",
+            )
+
+
+#: A kernel artifact's layout (esper_es/library/artifacts.py): magic, 8-byte little-endian
+#: header length, canonical JSON header. Read here without torch.
+_ARTIFACT_MAGIC = b"esper-kernel/1\n"
+_ARTIFACT_FIELDS = ("blueprint", "version", "config", "shape_kind", "channels", "init_seed")
+
+
+def _artifact_header(blob: bytes) -> dict[str, Any] | None:
+    if not blob.startswith(_ARTIFACT_MAGIC):
+        return None
+    at = len(_ARTIFACT_MAGIC)
+    n = int.from_bytes(blob[at : at + 8], "little")
+    try:
+        header = loads(blob[at + 8 : at + 8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return header if isinstance(header, dict) else None
+
+
+def _check_artifacts(db: RunDatabase) -> None:
+    conn = db.connection
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if "kernel_artifacts" not in tables:
+        return
+    germinated: dict[str, int] = {}
+    for (payload,) in conn.execute("SELECT payload FROM events WHERE type='SeedGerminated'"):
+        data = loads(payload)
+        germinated[str(data.get("kernel_id"))] = int(data.get("init_seed", -1))
+    rows = conn.execute(
+        "SELECT kernel_id, blob_key, blueprint, version, config, shape_kind, channels, "
+        "init_seed FROM kernel_artifacts"
+    )
+    for kernel_id, blob_key, *recipe in rows:
+        found = conn.execute("SELECT data FROM blobs WHERE key=?", (blob_key,)).fetchone()
+        header = _artifact_header(bytes(found[0])) if found else None
+        if header is None:
+            raise TamperDetected(None, f"kernel {kernel_id}: artifact blob {blob_key} is missing")
+        row = dict(zip(_ARTIFACT_FIELDS, recipe, strict=True))
+        row["config"] = loads(row["config"])
+        if header.get("kernel_id") != kernel_id or any(
+            header.get(k) != v for k, v in row.items()
+        ):
+            raise TamperDetected(
+                None, f"kernel {kernel_id}: its artifact row does not match blob {blob_key}"
+            )
+        if germinated.get(kernel_id) != row["init_seed"]:
+            raise TamperDetected(
+                None, f"kernel {kernel_id}: no SeedGerminated in the log made this kernel"
+            )
 
 
 def _check_triggers(db: RunDatabase) -> None:
@@ -210,6 +312,7 @@ def _verify(db: RunDatabase) -> VerifyReport:
     head_seq = expected - 1
     _check_triggers(db)
     blobs = _verify_blobs(db)
+    check_structure(db)
     audit_lines = _verify_audit(db.path, head_seq, db)
     return VerifyReport(
         run_id=db.run_id,

@@ -137,6 +137,9 @@ def test_branch_continues_from_the_fork_point(history: Any) -> None:
         assert db.stream_version(f"seed:{S0}", branch="retry") == 4
         assert db.stream_version(f"seed:{S1}", branch="retry") == 0  # born after the fork
         assert db.stream_version("run", branch="retry") == 1
+        # What a rollback writes first on its branch (verify checks the table against it).
+        opened = ev.RunRolledBack(epoch=1, step=35, from_branch="main", branch="retry", to_seq=fork)
+        db.append("run", 1, [NewEvent(opened, "rb")], branch="retry")
         with pytest.raises(ConcurrencyError):
             db.append(
                 f"seed:{S0}", 6, [NewEvent(ev.SeedCulled(seed=S0, step=99), "x")], branch="retry"
@@ -147,7 +150,7 @@ def test_branch_continues_from_the_fork_point(history: Any) -> None:
             [NewEvent(ev.SeedRolledBack(seed=S0, step=35, reason="retry"), "b1")],
             branch="retry",
         )
-        assert r.version == 5 and r.seqs == (history.length + 1,)
+        assert r.version == 5 and r.seqs == (history.length + 2,)
         # Main is untouched by the branch, and moves on independently.
         assert db.stream_version(f"seed:{S0}") == 6
         db.append(f"seed:{S0}", 6, [NewEvent(ev.BlendAdjusted(seed=S0, step=40, alpha=0.9), "m1")])
@@ -155,34 +158,46 @@ def test_branch_continues_from_the_fork_point(history: Any) -> None:
         assert db.stream_version(f"seed:{S0}", branch="retry") == 5
 
         on_branch = list(db.read(branch="retry"))
-        assert [e.seq for e in on_branch] == [*range(1, fork + 1), history.length + 1]
+        assert [e.seq for e in on_branch] == [
+            *range(1, fork + 1),
+            history.length + 1,
+            history.length + 2,
+        ]
         assert on_branch[-1].branch == "retry" and on_branch[-1].stream_version == 5
-        assert all(e.branch == "main" for e in on_branch[:-1])
+        assert all(e.branch == "main" for e in on_branch[:-2])
         on_main = list(db.read())
-        assert [e.seq for e in on_main] == [*range(1, history.length + 1), history.length + 2]
-        assert len(list(db.read(branch=None))) == history.length + 2
+        assert [e.seq for e in on_main] == [*range(1, history.length + 1), history.length + 3]
+        assert len(list(db.read(branch=None))) == history.length + 3
         assert [e.seq for e in db.read(branch="retry", stream=f"seed:{S0}")] == [
             3,
             4,
             5,
             6,
-            history.length + 1,
+            history.length + 2,
         ]
-        assert db.head_seq("retry") == history.length + 1
-        assert db.head_seq("main") == history.length + 2
+        assert db.head_seq("retry") == history.length + 2
+        assert db.head_seq("main") == history.length + 3
 
     report = verify(history.path)
     assert report.branches == ("main", "retry")
-    assert report.events == history.length + 2
+    assert report.events == history.length + 3
     # Reopened, the branch and its versions come back from the file.
     with RunDatabase.open(history.path, readonly=True) as ro:
         assert ro.branch("retry").fork_seq == fork
         assert ro.stream_version(f"seed:{S0}", branch="retry") == 5
 
 
+def _opened(name: str, parent: str, fork: int) -> NewEvent:
+    """The `RunRolledBack` a rollback writes first on the branch it opens."""
+    event = ev.RunRolledBack(epoch=1, step=30, from_branch=parent, branch=name, to_seq=fork)
+    return NewEvent(event, f"open-{name}")
+
+
 def test_branch_of_a_branch(history: Any) -> None:
+    n = history.length
     with RunDatabase.open(history.path) as db:
         db.open_branch("a", "main", 5)
+        db.append("run", 1, [_opened("a", "main", 5)], branch="a")
         db.append(
             f"seed:{S0}", 3, [NewEvent(ev.SeedRolledBack(seed=S0, step=31), "a1")], branch="a"
         )
@@ -192,18 +207,19 @@ def test_branch_of_a_branch(history: Any) -> None:
             [NewEvent(ev.SeedEmbargoed(seed=S0, step=32, until_step=80), "a2")],
             branch="a",
         )
-        a2 = history.length + 2
-        db.open_branch("b", "a", history.length + 1)  # after a1, before a2
+        db.open_branch("b", "a", n + 2)  # after a1, before a2
+        db.append("run", 2, [_opened("b", "a", n + 2)], branch="b")
         assert db.stream_version(f"seed:{S0}", branch="b") == 4
-        assert [e.seq for e in db.read(branch="b")] == [1, 2, 3, 4, 5, history.length + 1]
+        assert [e.seq for e in db.read(branch="b")] == [1, 2, 3, 4, 5, n + 1, n + 2, n + 4]
         db.append(
             f"seed:{S0}",
             4,
             [NewEvent(ev.SeedEmbargoed(seed=S0, step=33, until_step=90), "b1")],
             branch="b",
         )
-        assert [e.seq for e in db.read(branch="b")] == [1, 2, 3, 4, 5, history.length + 1, a2 + 1]
-        assert db.lineage("b") == [("b", None), ("a", history.length + 1), ("main", 5)]
+        seqs = [e.seq for e in db.read(branch="b")]
+        assert seqs == [1, 2, 3, 4, 5, n + 1, n + 2, n + 4, n + 5]
+        assert db.lineage("b") == [("b", None), ("a", n + 2), ("main", 5)]
     verify(history.path)
 
 
