@@ -304,13 +304,16 @@ class AdaptationPlanned(ControllerEvent):
     step: int
 
 
-@event_type(1)
+@event_type(2)
 @attrs.frozen(kw_only=True)
 class KernelCompiled(ControllerEvent):
-    """From this boundary on, a seed's kernel runs its compiled form (esper_es.library.compiler).
+    """From this boundary on, a seed's kernel runs one call variant compiled (library.compiler).
 
-    On the controller stream, not the seed's: it changes no lifecycle state, so the seed's
-    fold (`evolve`) never sees it; replay switches the kernel at the same seq.
+    Recorded only for a variant whose compiled form was checked bit-identical to the eager
+    kernel, so it changes no number. On the controller stream, not the seed's: it changes no
+    lifecycle state, so the seed's fold (`evolve`) never sees it; replay with compilation on
+    switches the variant at the same seq. v1 had no `variant` (upcast: null, a whole-kernel
+    switch of the old in-process compiler, whose numbers differed from eager).
     """
 
     seed: str
@@ -318,6 +321,7 @@ class KernelCompiled(ControllerEvent):
     step: int
     backend: str
     compile_seconds: float
+    variant: dict[str, Any] | None
 
 
 @event_type(1)

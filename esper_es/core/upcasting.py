@@ -68,3 +68,9 @@ def _run_started_v1_to_v2(payload: Payload) -> Payload:
     # v1 recorded neither how the host was built nor its initial weights: replay rebuilds the
     # built-in host of the config and trusts its initialisation, as it did then.
     return {**payload, "host": None, "initial_weights": None}
+
+
+@upcaster("KernelCompiled", 1)
+def _kernel_compiled_v1_to_v2(payload: Payload) -> Payload:
+    # v1 switched a whole kernel to a dynamic-shape compile of unchecked numerics: no variant.
+    return {**payload, "variant": None}

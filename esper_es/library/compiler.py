@@ -1,24 +1,27 @@
 """Background compilation of kernels (the seed documents' Tezzeret), off by default.
 
-`BackgroundCompiler.request(seed, kernel)` hands a kernel to one worker thread, which wraps its
-body in `torch.compile(dynamic=True)` and warms it up on a synthetic activation of the kernel's
-shape kind (forward, then `autograd.grad` with respect to the input only, so no `.grad` of the
-live parameters is touched): the compile happens there, and training goes on with the eager
-kernel meanwhile. `ready()` returns the kernels whose compiled form is done; the trainer records
-a `KernelCompiled` fact for each at its next step boundary and `install`s the compiled form when
-that event is projected. So the switch happens at a recorded seq, and replay, which projects the
-same event at the same seq, switches there too (compiling synchronously).
+A kernel is compiled per *variant*: the exact call it serves (activation shape, dtype, grad
+mode, whether the activation and the parameters need gradients, train/eval mode), as seen in
+the live run, never a guess. Compiles run in a separate process (`compile_worker`; why not a
+thread: see there), which checks each artifact against the eager body bit for bit on random
+weights and inputs. Only a bit-identical variant is ever switched to, so a kernel's numbers are
+the same compiled or not, and a run replays bit for bit with compilation on or off.
 
-Why at a recorded boundary: compiled kernels are *not* bit-identical to eager ones on CPU
-(inductor fuses and reorders float operations: measured differences of ~1e-8 in outputs and
-~1e-5 in gradients for mlp, conv3x3 and norm; see bench/compile_kernels.py), so the step at
-which a kernel switches is part of what a run computed.
+In the training process: `attach` gives a kernel a `Dispatch` forward that runs the compiled
+artifact of a call's variant when one is installed and the eager body otherwise (and notes
+the variant); nothing there ever traces or compiles, so no step waits for a compile or
+recompiles on the training thread. `BackgroundCompiler` feeds the worker from a thread that
+only waits on the pipe and loads finished artifacts (~10 ms, no tracing).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import functools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -33,99 +36,325 @@ from esper_es.nn.kernels import Kernel
 BACKEND = "inductor"
 
 
-def example_activation(kernel: Kernel, batch: int = 2, length: int = 8) -> Tensor:
-    """A small synthetic activation of the kernel's shape kind and width."""
-    c = kernel.spec.channels
-    shape = {"image": (batch, c, length, length), "sequence": (batch, length, c)}.get(
-        kernel.spec.shape_kind, (batch, c)
-    )
-    dtype = next((p.dtype for p in kernel.parameters()), torch.float32)
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(0)).to(dtype)
+@attrs.frozen(order=True)
+class Variant:
+    """One kind of call of a kernel: what a compiled artifact is specialised for."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    grad: bool
+    """Grad mode enabled (training) or not (`no_grad` evaluation)."""
+    input_grad: bool
+    params_grad: bool
+    training: bool
+    """The kernel's train/eval flag."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form recorded in `KernelCompiled.variant`."""
+        d = attrs.asdict(self)
+        d["shape"] = list(self.shape)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Variant:
+        """Inverse of `to_dict`."""
+        return cls(
+            tuple(int(s) for s in d["shape"]),
+            str(d["dtype"]),
+            bool(d["grad"]),
+            bool(d["input_grad"]),
+            bool(d["params_grad"]),
+            bool(d["training"]),
+        )
 
 
-def compile_kernel(kernel: Kernel, *, warm: bool = True) -> Callable[[Tensor], Tensor]:
-    """The compiled form of `kernel`'s body, compiled now (warm) rather than at its first call."""
-    compiled: Callable[[Tensor], Tensor] = torch.compile(kernel.body, dynamic=True)
-    if warm:
-        x = example_activation(kernel).requires_grad_(True)
-        y = compiled(x)
-        torch.autograd.grad(y.square().sum(), x)
-    return compiled
+class Dispatch:
+    """A kernel's forward while compilation is on: compiled per installed variant, else eager."""
+
+    def __init__(self, kernel: Kernel) -> None:
+        self.kernel = kernel
+        self.compiled: dict[Variant, Callable[[Tensor], Tensor]] = {}
+        #: Variants called since the trainer last collected them (`take_seen`).
+        self.seen: set[Variant] = set()
+        self.calls = {"compiled": 0, "eager": 0}
+
+    def variant(self, x: Tensor) -> Variant | None:
+        """The variant of a call with `x`, or None for calls never compiled (non-contiguous)."""
+        if not x.is_contiguous():
+            return None
+        grad = torch.is_grad_enabled()
+        # Without grad mode, whether tensors require grad changes nothing a compile sees.
+        params_grad = grad and all(p.requires_grad for p in self.kernel.parameters())
+        return Variant(
+            tuple(x.shape),
+            str(x.dtype).removeprefix("torch."),
+            grad,
+            grad and x.requires_grad,
+            params_grad,
+            self.kernel.training,
+        )
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """Run the call's compiled variant if installed, the eager body otherwise."""
+        v = self.variant(x)
+        fn = self.compiled.get(v) if v is not None else None
+        if fn is not None:
+            self.calls["compiled"] += 1
+            return fn(x)
+        if v is not None:
+            self.seen.add(v)
+        self.calls["eager"] += 1
+        out: Tensor = self.kernel.body(x)
+        return out
+
+    def take_seen(self) -> set[Variant]:
+        """The variants called eagerly since the last call."""
+        seen, self.seen = self.seen, set()
+        return seen
 
 
-def _forward(compiled: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-    return compiled(x)
+def attach(kernel: Kernel) -> Dispatch:
+    """Give `kernel` its dispatching forward (once); its parameters and state_dict are unchanged."""
+    d = getattr(kernel, "dispatch", None)
+    if isinstance(d, Dispatch):
+        return d
+    d = Dispatch(kernel)
+    # An attribute set with object.__setattr__ so nn.Module does not register anything: the
+    # state_dict (and so the fingerprint) must not change.
+    object.__setattr__(kernel, "dispatch", d)
+    kernel.forward = d  # type: ignore[method-assign]
+    return d
 
 
-def install(kernel: Kernel, compiled: Callable[[Tensor], Tensor]) -> None:
-    """Make `kernel` run `compiled` (its parameters and state_dict are unchanged)."""
-    # A partial, not the compiled module itself: assigning a Module would register it as a
-    # submodule and change the state_dict (and so the fingerprint).
-    kernel.forward = functools.partial(_forward, compiled)  # type: ignore[method-assign]
-    kernel.compiled = True  # type: ignore[assignment]
+def dispatch_of(kernel: Kernel) -> Dispatch | None:
+    """The kernel's `Dispatch`, if `attach` gave it one."""
+    d = getattr(kernel, "dispatch", None)
+    return d if isinstance(d, Dispatch) else None
 
 
-def is_compiled(kernel: Kernel) -> bool:
-    """Whether `install` switched this kernel."""
-    return bool(getattr(kernel, "compiled", False))
+def is_compiled(kernel: Kernel, variant: Variant | None = None) -> bool:
+    """Whether a compiled variant (that one, or any) is installed."""
+    d = dispatch_of(kernel)
+    if d is None:
+        return False
+    return bool(d.compiled) if variant is None else variant in d.compiled
+
+
+def recipe(kernel: Kernel) -> dict[str, Any]:
+    """What the worker rebuilds the kernel from (its weights do not matter to a compile)."""
+    spec = kernel.spec
+    return {
+        "blueprint": spec.blueprint,
+        "config": dict(spec.config),
+        "shape_kind": spec.shape_kind,
+        "channels": spec.channels,
+        "init_seed": spec.init_seed,
+    }
+
+
+def bind(kernel: Kernel, artifact: Any, order: list[str]) -> Callable[[Tensor], Tensor]:
+    """A forward for `kernel` calling `artifact` with its live parameters in graph order."""
+    params = dict(kernel.body.named_parameters())
+    missing = [n for n in order if n and n not in params]
+    if missing:
+        raise ValueError(f"kernel {kernel.kernel_id} has no parameters {missing}")
+    slots = [params[n] if n else None for n in order]
+
+    def forward(x: Tensor) -> Tensor:
+        out = artifact(*[x if p is None else p for p in slots])
+        y: Tensor = out[0] if isinstance(out, tuple | list) else out
+        return y
+
+    return forward
 
 
 @attrs.frozen
 class Compiled:
-    """A finished compile: which seed and kernel, the callable, and how long it took."""
+    """A finished compile of one variant: identical to eager or not, and the loaded artifact."""
 
     seed: str
     kernel_id: str
-    fn: Callable[[Tensor], Tensor]
+    variant: Variant
     seconds: float
+    identical: bool
+    why: str
+    artifact: Any = attrs.field(eq=False, repr=False)
+    order: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class _Request:
+    id: int
+    seed: str
+    kernel_id: str
+    variant: Variant
+    recipe: dict[str, Any]
 
 
 class BackgroundCompiler:
-    """Compiles kernels in one worker thread; training never waits for it."""
+    """Compiles kernel variants in a worker process; training never waits for it."""
 
-    def __init__(self) -> None:
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tezzeret")
-        self._pending: dict[str, concurrent.futures.Future[Compiled]] = {}
+    def __init__(self, threads: int = 1) -> None:
+        self.threads = threads
+        self._dir = tempfile.mkdtemp(prefix="esper-es-compile-")
         self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._queue: list[_Request] = []
+        self._done: list[Compiled] = []
+        self._failed: list[tuple[_Request, str]] = []
+        self._count = 0
+        self._closed = False
+        self._proc: subprocess.Popen[str] | None = None
+        self._busy = False
+        self._io = threading.Lock()
+        self._thread = threading.Thread(target=self._serve, name="tezzeret", daemon=True)
+        self._thread.start()
 
-    def request(self, seed: str, kernel: Kernel) -> None:
-        """Start compiling `kernel` (replacing any pending request for `seed`)."""
+    # --- the training thread's side -------------------------------------------------------
 
-        def work() -> Compiled:
-            t = time.perf_counter()
-            fn = compile_kernel(kernel)
-            return Compiled(seed, kernel.kernel_id, fn, time.perf_counter() - t)
-
-        with self._lock:
-            self._pending[seed] = self._pool.submit(work)
+    def request(self, seed: str, kernel: Kernel, variant: Variant) -> None:
+        """Queue a compile of `kernel` for `variant`."""
+        with self._wake:
+            self._count += 1
+            req = _Request(self._count, seed, kernel.kernel_id, variant, recipe(kernel))
+            self._queue.append(req)
+            self._wake.notify()
 
     def forget(self, seed: str) -> None:
-        """Drop `seed`'s request (its kernel was freed)."""
+        """Drop `seed`'s queued requests and finished results (its kernel was freed)."""
         with self._lock:
-            fut = self._pending.pop(seed, None)
-        if fut is not None:
-            fut.cancel()
+            self._queue = [r for r in self._queue if r.seed != seed]
+            self._done = [c for c in self._done if c.seed != seed]
 
     def ready(self) -> list[Compiled]:
-        """The finished compiles, in seed order, removed from the pending set (failures dropped)."""
+        """The finished compiles (identical or not), removed from the finished set."""
         with self._lock:
-            done = sorted(s for s, f in self._pending.items() if f.done())
-            futures = [self._pending.pop(s) for s in done]
-        out = []
-        for f in futures:
-            if not f.cancelled() and f.exception() is None:
-                out.append(f.result())
-        return out
+            done, self._done = self._done, []
+        return sorted(done, key=lambda c: (c.seed, c.variant))
 
-    def wait(self, timeout: float | None = None) -> None:
-        """Block until every pending compile finished (tests, shutdown)."""
+    def failures(self) -> list[tuple[str, str]]:
+        """(seed, error) of compiles that failed, removed from the failed set."""
         with self._lock:
-            futures = list(self._pending.values())
-        concurrent.futures.wait(futures, timeout=timeout)
+            failed, self._failed = self._failed, []
+        return [(r.seed, why) for r, why in failed]
+
+    def pending(self) -> int:
+        """Requests queued or in progress."""
+        with self._lock:
+            return len(self._queue) + (1 if self._busy else 0)
+
+    def compile_now(self, kernel: Kernel, variant: Variant) -> Compiled:
+        """Compile on the calling thread's behalf and wait (replay only, never live training)."""
+        c = _Request(0, "", kernel.kernel_id, variant, recipe(kernel))
+        return self._compile(c)
 
     def close(self) -> None:
-        """Stop the worker (pending compiles are abandoned)."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Stop the worker process and remove the artifacts."""
+        with self._wake:
+            self._closed = True
+            self._queue.clear()
+            self._wake.notify()
+            proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    # --- the compile thread ---------------------------------------------------------------
+
+    def _serve(self) -> None:
+        # Start the worker and import the loader now, while no compile is waiting for them.
+        try:
+            from torch._inductor.standalone_compile import CompiledArtifact  # noqa: F401
+
+            with self._io:
+                self._worker()
+        except Exception:  # retried, and reported, by the first request
+            pass
+        while True:
+            with self._wake:
+                while not self._queue and not self._closed:
+                    self._wake.wait()
+                if self._closed:
+                    return
+                req = self._queue.pop(0)
+                self._busy = True
+            try:
+                done = self._compile(req)
+            except Exception as exc:
+                with self._lock:
+                    self._busy = False
+                    if not self._closed:
+                        self._failed.append((req, f"{type(exc).__name__}: {exc}"))
+                continue
+            with self._lock:
+                self._busy = False
+                if not self._closed:
+                    self._done.append(done)
+
+    def _compile(self, req: _Request) -> Compiled:
+        from torch._inductor.standalone_compile import CompiledArtifact
+
+        with self._io:
+            path = os.path.join(self._dir, f"{req.kernel_id}-{req.id}-{time.monotonic_ns()}.bin")
+            line = {"id": req.id, "path": path, **req.recipe, **req.variant.to_dict()}
+            result = self._ask(line)
+        if "error" in result:
+            raise RuntimeError(result["error"])
+        artifact = None
+        if result["identical"]:
+            artifact = CompiledArtifact.load(path=path, format="binary")
+        return Compiled(
+            req.seed,
+            req.kernel_id,
+            req.variant,
+            float(result["seconds"]),
+            bool(result["identical"]),
+            str(result["why"]),
+            artifact,
+            tuple(result["order"]),
+        )
+
+    def _ask(self, line: dict[str, Any]) -> dict[str, Any]:
+        proc = self._worker()
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(json.dumps(line) + "\n")
+        proc.stdin.flush()
+        answer = proc.stdout.readline()
+        if not answer:
+            raise RuntimeError(f"the compile worker exited (code {proc.poll()})")
+        result: dict[str, Any] = json.loads(answer)
+        return result
+
+    def _worker(self) -> subprocess.Popen[str]:
+        if self._proc is not None and self._proc.poll() is None:
+            return self._proc
+        env = dict(os.environ)
+        # One compile at a time, in this process: inductor's own pool of compile processes
+        # would take the cores training runs on.
+        env["TORCHINDUCTOR_COMPILE_THREADS"] = "1"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "esper_es.library.compile_worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(json.dumps({"threads": self.threads}) + "\n")
+        proc.stdin.flush()
+        if not proc.stdout.readline():
+            raise RuntimeError(f"the compile worker did not start (code {proc.poll()})")
+        self._proc = proc
+        return proc
+
+
+def install(kernel: Kernel, done: Compiled) -> None:
+    """Switch `kernel`'s calls of `done.variant` to the compiled artifact."""
+    if not done.identical or done.artifact is None:
+        raise ValueError(f"variant {done.variant} of {kernel.kernel_id} is not bit-identical")
+    attach(kernel).compiled[done.variant] = bind(kernel, done.artifact, list(done.order))
 
 
 def describe(c: Compiled) -> dict[str, Any]:
@@ -135,4 +364,5 @@ def describe(c: Compiled) -> dict[str, Any]:
         "kernel_id": c.kernel_id,
         "backend": BACKEND,
         "compile_seconds": round(c.seconds, 6),
+        "variant": c.variant.to_dict(),
     }

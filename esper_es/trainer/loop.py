@@ -60,14 +60,6 @@ from esper_es.core.decider import layer_of
 from esper_es.core.decisions import AdaptationDecision, SeedStats
 from esper_es.core.ids import IdSource, derive_seed
 from esper_es.core.lifecycle import KERNEL_STAGES, Stage
-from esper_es.library.compiler import (
-    BackgroundCompiler,
-    Compiled,
-    compile_kernel,
-    describe,
-    install,
-    is_compiled,
-)
 from esper_es.library.database import check_library_file
 from esper_es.library.recorder import KernelRecorder, recorder_for
 from esper_es.nn.fingerprint import (
@@ -75,7 +67,7 @@ from esper_es.nn.fingerprint import (
     model_fingerprint,
     optimizer_fingerprint,
 )
-from esper_es.nn.kernels import Kernel, check_kernel_config, derive_init_seed, kernel_spec
+from esper_es.nn.kernels import check_kernel_config, derive_init_seed, kernel_spec
 from esper_es.nn.placement import SeedLayerSpec, place_seed_layers
 from esper_es.nn.projector import Projector
 from esper_es.nn.seed_layer import SeedLayer
@@ -86,6 +78,7 @@ from esper_es.runtime.data import num_batches
 from esper_es.runtime.environment import capture_environment, configure_determinism, pin_threads
 from esper_es.runtime.rng import capture_rng_state, encode_rng_state, rng_digest
 from esper_es.store.database import MAIN, RunDatabase
+from esper_es.trainer.compilation import KernelCompilation
 from esper_es.trainer.driver import DriverSettings, LifecycleDriver, relative_spread
 from esper_es.trainer.initial_weights import record_initial_weights
 from esper_es.trainer.snapshots import write_snapshot
@@ -294,11 +287,8 @@ class Trainer:
         self.bus: CommandBus | None = None
         self.orchestrator: SeedOrchestrator | None = None
         self.recorder: KernelRecorder
-        #: Background compilation (`[library] compile`): the worker, the kernel each seed's
-        #: request is for, and finished compiles waiting for their `KernelCompiled`.
-        self.compiler: BackgroundCompiler | None = None
-        self._requested: dict[str, str] = {}
-        self._compiled: dict[str, Compiled] = {}
+        #: Background compilation (`[library] compile`; esper_es.trainer.compilation).
+        self.compilation = KernelCompilation(self)
 
     # --- setting up -----------------------------------------------------------------------
 
@@ -438,7 +428,7 @@ class Trainer:
         """Connect the orchestrator and the lifecycle driver to `bus` (live or replaying)."""
         self.bus = bus
         self.recorder = recorder_for(self)
-        self.projector.on_kernel_compiled = self._switch_kernel
+        self.projector.on_kernel_compiled = self.compilation.switch
         self.orchestrator = SeedOrchestrator(
             bus,
             master_seed=self.master_seed,
@@ -667,7 +657,7 @@ class Trainer:
             self._count_decisions(self._commit(facts))
             commands = []
         if lifecycle:
-            commands += self._compiled_facts()
+            commands += self.compilation.facts()
             commands += self.driver.commands(self.step, self._all_seed_states(), probe)
             every = self.config.train.controller_every_steps
             if self.controller is not None and (
@@ -681,84 +671,18 @@ class Trainer:
         if self.replay_source is not None:
             self.replay_source.after_boundary(self)
         elif lifecycle:
-            self._request_compiles()
+            self.compilation.request()
 
     # --- background compilation ------------------------------------------------------------
 
-    def _live_kernels(self) -> dict[str, Kernel]:
-        out = {}
-        for layer in self.layers.values():
-            for i, seed in enumerate(layer.seed_ids()):
-                kernel = layer.kernel(i)
-                if isinstance(kernel, Kernel):
-                    out[seed] = kernel
-        return out
-
-    def _request_compiles(self) -> None:
-        """After a live boundary: compile every kernel not compiled yet; forget freed ones."""
-        if not self.config.library.compile:
-            return
-        if self.compiler is None:
-            self.compiler = BackgroundCompiler()
-        kernels = self._live_kernels()
-        for seed, kernel_id in list(self._requested.items()):
-            kernel = kernels.get(seed)
-            if kernel is None or kernel.kernel_id != kernel_id:
-                # Freed (culled, ...) before its compile finished or was switched to: drop it.
-                self.compiler.forget(seed)
-                del self._requested[seed]
-                self._compiled.pop(seed, None)
-        for seed, kernel in kernels.items():
-            if seed not in self._requested and not is_compiled(kernel):
-                self._requested[seed] = kernel.kernel_id
-                self.compiler.request(seed, kernel)
-
-    def _compiled_facts(self) -> list[c.Command]:
-        """`KernelCompiled` facts for the compiles finished since the last boundary.
-
-        Recorded before the boundary's lifecycle commands (after its facts), so the switch
-        precedes anything those do to the seed, e.g. a cull; a compile of a kernel the seed
-        no longer holds is dropped. Their ids come from their own source ("compiler").
-        """
-        if self.compiler is None or self.replay_source is not None:
-            return []
-        for done in self.compiler.ready():
-            self._compiled[done.seed] = done
-        kernels = self._live_kernels()
-        facts: list[c.Command] = []
-        for seed, done in sorted(self._compiled.items()):
-            kernel = kernels.get(seed)
-            if kernel is None or kernel.kernel_id != done.kernel_id or is_compiled(kernel):
-                del self._compiled[seed]
-                self._requested.pop(seed, None)
-            else:
-                event = ev.KernelCompiled(**describe(done), step=self.step)
-                command_id = self.id_sources["compiler"]()
-                facts.append(c.RecordFact(command_id=command_id, step=self.step, event=event))
-        return facts
-
-    def _switch_kernel(self, kernel: Kernel, event: ev.KernelCompiled) -> None:
-        """The projector met a `KernelCompiled`: run the compiled form from now on.
-
-        Live, the background compile's result is installed; re-executing a log (replay,
-        the recomputed part of a resume or rollback, a snapshot's restore) there is none,
-        and the kernel is compiled here, synchronously, the same way.
-        """
-        done = self._compiled.pop(event.seed, None)
-        if done is not None and done.kernel_id == event.kernel_id:
-            fn = done.fn
-        else:
-            fn = compile_kernel(kernel)
-        install(kernel, fn)
-        self._requested[event.seed] = event.kernel_id
+    @property
+    def compiler(self) -> Any:
+        """The background compiler (`esper_es.library.compiler`), once one was started."""
+        return self.compilation.compiler
 
     def close_compiler(self) -> None:
-        """Stop the background compiler (a compile in progress finishes in its thread)."""
-        if self.compiler is not None:
-            self.compiler.close()
-            self.compiler = None
-        self._compiled.clear()
-        self._requested.clear()
+        """Stop the background compiler's worker process."""
+        self.compilation.close()
 
     def _commit(self, commands: list[c.Command]) -> list[Outcome]:
         assert self.bus is not None and self.db is not None and self.orchestrator is not None
