@@ -5,7 +5,12 @@ host: sequence 32 channels, 32 steps, batch 32) it times forward+backward of the
 and of `torch.compile(kernel.body)` (inductor), side by side, after warm-up, with 1 thread (the
 trainer's default), and checks whether outputs and gradients are bit-identical.
 
-    .venv/bin/python bench/compile_kernels.py [--steps N] [--json]
+With `--switchable` it asks the compile worker the trainer uses (esper_es.library.
+compile_worker) instead, per blueprint, for a training call (forward + backward) and a
+`no_grad` call of that shape: whether its compiled variant is bit-identical to eager on random
+weights and inputs, i.e. whether a run would ever switch to it.
+
+    .venv/bin/python bench/compile_kernels.py [--steps N] [--switchable] [--json]
 """
 
 from __future__ import annotations
@@ -90,12 +95,56 @@ def measure(steps: int) -> list[dict[str, Any]]:
     return rows
 
 
+def switchable() -> list[dict[str, Any]]:
+    """One row per case: the worker's verdict for a training and a no_grad call."""
+    from esper_es.library.compiler import BackgroundCompiler, attach
+
+    compiler = BackgroundCompiler(threads=1)
+    rows = []
+    try:
+        for name, kind, channels, shape, cfg in CASES:
+            kernel = build_kernel(name, kind, channels, 1234, cfg)
+            d = attach(kernel)
+            x = torch.randn(*shape)
+            row: dict[str, Any] = {"blueprint": name, "shape": f"{kind}{list(shape)}"}
+            for label, grad in (("train", True), ("no_grad", False)):
+                with torch.set_grad_enabled(grad):
+                    variant = d.variant(x.clone().requires_grad_(grad))
+                assert variant is not None
+                done = compiler.compile_now(kernel, variant)
+                row[f"{label}_identical"] = done.identical
+                row[f"{label}_why"] = done.why
+                row[f"{label}_compile_s"] = round(done.seconds, 2)
+            rows.append(row)
+    finally:
+        compiler.close()
+    return rows
+
+
 def main() -> None:
     """Print the table (or JSON)."""
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--switchable", action="store_true")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    if args.switchable:
+        found = switchable()
+        if args.json:
+            print(json.dumps({"rows": found}))
+            return
+        print(
+            "| blueprint | shape | train: identical (compile s) | no_grad: identical (compile s) |"
+        )
+        print("|---|---|---|---|")
+        for r in found:
+            cells = [
+                ("yes" if r[f"{k}_identical"] else "no: " + r[f"{k}_why"])
+                + f" ({r[f'{k}_compile_s']})"
+                for k in ("train", "no_grad")
+            ]
+            print(f"| {r['blueprint']} | {r['shape']} | {cells[0]} | {cells[1]} |")
+        return
     rows = measure(args.steps)
     machine = f"{platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread"
     if args.json:

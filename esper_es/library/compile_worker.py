@@ -21,6 +21,7 @@ inputs: the result says whether outputs and gradients were bit-identical.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import traceback
@@ -38,7 +39,7 @@ def _set_up(threads: int) -> None:
     torch.set_num_threads(threads)
     configure_determinism()
     # Imported before answering "ready", so that the first request pays only its compile.
-    import torch._inductor.standalone_compile  # noqa: F401
+    import torch._inductor.standalone_compile
 
 
 def compile_variant(request: dict[str, Any]) -> dict[str, Any]:
@@ -136,7 +137,7 @@ def main() -> None:
     """Serve requests until stdin closes."""
     first = json.loads(sys.stdin.readline() or "{}")
     _set_up(int(first.get("threads", 1)))
-    print(json.dumps({"ready": True}), flush=True)
+    print(json.dumps({"ready": True, "pid": os.getpid()}), flush=True)
     for line in sys.stdin:
         request = json.loads(line)
         try:

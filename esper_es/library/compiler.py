@@ -207,6 +207,8 @@ class BackgroundCompiler:
         self._proc: subprocess.Popen[str] | None = None
         self._busy = False
         self._io = threading.Lock()
+        #: The worker process's pid once it answered (it is never this process).
+        self.worker_pid: int | None = None
         self._thread = threading.Thread(target=self._serve, name="tezzeret", daemon=True)
         self._thread.start()
 
@@ -344,8 +346,10 @@ class BackgroundCompiler:
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write(json.dumps({"threads": self.threads}) + "\n")
         proc.stdin.flush()
-        if not proc.stdout.readline():
+        hello = proc.stdout.readline()
+        if not hello:
             raise RuntimeError(f"the compile worker did not start (code {proc.poll()})")
+        self.worker_pid = int(json.loads(hello)["pid"])
         self._proc = proc
         return proc
 
