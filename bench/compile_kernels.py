@@ -99,6 +99,7 @@ def switchable() -> list[dict[str, Any]]:
     """One row per case: the worker's verdict for a training and a no_grad call."""
     from esper_es.library.compiler import BackgroundCompiler, attach
 
+    BackgroundCompiler.nice = 0  # nothing trains here: no need to yield the cores
     compiler = BackgroundCompiler(threads=1)
     rows = []
     try:

@@ -136,6 +136,10 @@ def _check(
 def main() -> None:
     """Serve requests until stdin closes."""
     first = json.loads(sys.stdin.readline() or "{}")
+    # A low CPU priority (inherited by the C++ compiler it runs): on a machine with few cores
+    # a compile takes the time training leaves idle rather than slowing training's steps.
+    if hasattr(os, "nice") and int(first.get("nice", 0)) > 0:
+        os.nice(int(first["nice"]))
     _set_up(int(first.get("threads", 1)))
     print(json.dumps({"ready": True, "pid": os.getpid()}), flush=True)
     for line in sys.stdin:

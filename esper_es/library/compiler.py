@@ -194,6 +194,10 @@ class _Request:
 class BackgroundCompiler:
     """Compiles kernel variants in a worker process; training never waits for it."""
 
+    #: The worker's niceness. 19 (the lowest priority) yields every core training wants; on a
+    #: machine saturated by other work, compiles then wait for idle time.
+    nice = 19
+
     def __init__(self, threads: int = 1) -> None:
         self.threads = threads
         self._dir = tempfile.mkdtemp(prefix="esper-es-compile-")
@@ -344,7 +348,7 @@ class BackgroundCompiler:
             env=env,
         )
         assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(json.dumps({"threads": self.threads}) + "\n")
+        proc.stdin.write(json.dumps({"threads": self.threads, "nice": self.nice}) + "\n")
         proc.stdin.flush()
         hello = proc.stdout.readline()
         if not hello:

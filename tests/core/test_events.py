@@ -51,6 +51,14 @@ BY_NAME: dict[str, Any] = {
     "from_branch": "main",
     "host": {"kind": "custom", "factory": "my_pkg.hosts:make_run"},
     "initial_weights": {"snapshot": "ab" * 32, "fingerprint": "sha256:" + "cd" * 32},
+    "variant": {
+        "shape": [32, 4, 8, 8],
+        "dtype": "float32",
+        "grad": True,
+        "input_grad": True,
+        "params_grad": True,
+        "training": True,
+    },
     "arms": [
         {
             "blueprint": "mlp",

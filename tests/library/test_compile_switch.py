@@ -21,7 +21,13 @@ import torch
 
 from esper_es.config import RunConfig, config_from_dict
 from esper_es.core import events as ev
-from esper_es.library.compiler import Compiled, Variant, dispatch_of, is_compiled
+from esper_es.library.compiler import (
+    BackgroundCompiler,
+    Compiled,
+    Variant,
+    dispatch_of,
+    is_compiled,
+)
 from esper_es.nn.kernels import Kernel
 from esper_es.replay import replay, resume
 from esper_es.replay.session import built_in_factory
@@ -231,7 +237,11 @@ def test_compile_off_records_no_switch_and_starts_no_worker(tmp_path: Path) -> N
 
 
 @pytest.mark.slow
-def test_real_compiles_switch_within_a_long_run_without_stalling(tmp_path: Path) -> None:
+def test_real_compiles_switch_within_a_long_run_without_stalling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # At the default lowest priority a saturated test machine may starve the worker.
+    monkeypatch.setattr(BackgroundCompiler, "nice", 0)
     config = _config(True, epochs=250)
     eager = built_in_trainer(_config(False, 250), seed=0, db_path=tmp_path / "e.db").run()
     path = tmp_path / "long.db"

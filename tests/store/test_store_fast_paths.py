@@ -92,7 +92,19 @@ EXAMPLES: list[ev.Event] = [
     ),
     ev.TrainingStopped(epoch=1, step=45, reason="interrupted"),
     ev.KernelCompiled(
-        seed="l/0", kernel_id="k-1", step=45, backend="inductor", compile_seconds=1.5
+        seed="l/0",
+        kernel_id="k-1",
+        step=45,
+        backend="inductor",
+        compile_seconds=1.5,
+        variant={
+            "shape": [32, 4, 8, 8],
+            "dtype": "float32",
+            "grad": True,
+            "input_grad": True,
+            "params_grad": True,
+            "training": True,
+        },
     ),
     ev.RunRolledBack(epoch=1, step=45, from_branch="main", branch="b1", to_seq=40),
     ev.LibraryConsulted(
