@@ -226,11 +226,11 @@ class BackgroundCompiler:
             self._queue.append(req)
             self._wake.notify()
 
-    def forget(self, seed: str) -> None:
-        """Drop `seed`'s queued requests and finished results (its kernel was freed)."""
+    def forget(self, seed: str, kernel_id: str) -> None:
+        """Drop the queued requests and finished results of a kernel the seed no longer holds."""
         with self._lock:
-            self._queue = [r for r in self._queue if r.seed != seed]
-            self._done = [c for c in self._done if c.seed != seed]
+            self._queue = [r for r in self._queue if (r.seed, r.kernel_id) != (seed, kernel_id)]
+            self._done = [c for c in self._done if (c.seed, c.kernel_id) != (seed, kernel_id)]
 
     def ready(self) -> list[Compiled]:
         """The finished compiles (identical or not), removed from the finished set."""

@@ -78,7 +78,7 @@ class KernelCompilation:
             self._requested.discard(key)
             self._finished.pop(key, None)
             if self.compiler is not None:
-                self.compiler.forget(key[0])
+                self.compiler.forget(key[0], key[1])
         for seed, kernel in kernels.items():
             dispatch = attach(kernel)
             for variant in sorted(dispatch.take_seen()):

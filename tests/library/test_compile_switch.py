@@ -118,8 +118,8 @@ class InstantCompiler:
         InstantCompiler.requested.append((seed, variant))
         self._done.append(self._compiled(seed, kernel, variant))
 
-    def forget(self, seed: str) -> None:
-        self._done = [c for c in self._done if c.seed != seed]
+    def forget(self, seed: str, kernel_id: str) -> None:
+        self._done = [c for c in self._done if (c.seed, c.kernel_id) != (seed, kernel_id)]
 
     def ready(self) -> list[Compiled]:
         done, self._done = self._done, []
