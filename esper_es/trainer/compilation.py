@@ -27,6 +27,7 @@ from esper_es.library.compiler import (
     describe,
     dispatch_of,
     install,
+    prepare_loading,
 )
 from esper_es.nn.kernels import Kernel
 
@@ -45,12 +46,19 @@ class KernelCompilation:
         #: Finished identical compiles waiting for their `KernelCompiled` to be projected.
         self._finished: dict[tuple[str, str, Variant], Compiled] = {}
         self.rejected: list[Compiled] = []
+        self._prepared = False
         self.failed: list[tuple[str, str]] = []
 
     @property
     def enabled(self) -> bool:
         """Whether this trainer compiles (its config's `[library] compile`)."""
         return bool(self.t.config.library.compile)
+
+    def prepare(self) -> None:
+        """Before the first step, with compilation on: import what loading artifacts needs."""
+        if self.enabled and not self._prepared:
+            prepare_loading()
+            self._prepared = True
 
     def _kernels(self) -> dict[str, Kernel]:
         out = {}

@@ -429,6 +429,7 @@ class Trainer:
         self.bus = bus
         self.recorder = recorder_for(self)
         self.projector.on_kernel_compiled = self.compilation.switch
+        self.compilation.prepare()
         self.orchestrator = SeedOrchestrator(
             bus,
             master_seed=self.master_seed,
