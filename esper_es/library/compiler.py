@@ -107,6 +107,12 @@ class Dispatch:
         out: Tensor = self.kernel.body(x)
         return out
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> Dispatch:
+        """A copied kernel's own dispatch, nothing installed (artifacts bind the original's)."""
+        # Eager computes the same numbers, and the copy compiles its variants anew if wanted.
+        kernel = memo.get(id(self.kernel), self.kernel)
+        return Dispatch(kernel)
+
     def take_seen(self) -> set[Variant]:
         """The variants called eagerly since the last call."""
         seen, self.seen = self.seen, set()

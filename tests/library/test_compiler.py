@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 
@@ -65,6 +66,22 @@ def test_dispatch_runs_installed_variants_compiled_and_everything_else_eager() -
     assert d.calls == {"compiled": 1, "eager": 2}
     with pytest.raises(ValueError, match="not bit-identical"):
         install(kernel, Compiled("l/0", kernel.kernel_id, seen, 0.1, False, "x", None, ("",)))
+
+
+def test_a_deep_copy_runs_its_own_parameters_eagerly() -> None:
+    kernel = build_kernel("lora", "image", 4, 11)
+    d = attach(kernel)
+    x = _x(32, 4, 8, 8)
+    with torch.no_grad():
+        kernel(x)
+    (seen,) = d.take_seen()
+    install(kernel, Compiled("l/0", kernel.kernel_id, seen, 0.1, True, "", kernel.body, ("",)))
+    twin = copy.deepcopy(kernel)
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.add_(1.0)
+        assert twin.dispatch.kernel is twin and not twin.dispatch.compiled  # type: ignore[attr-defined]
+        assert torch.equal(twin(x), twin.body(x)) and not torch.equal(twin(x), kernel(x))
 
 
 def test_the_workers_check_finds_a_difference_in_outputs_or_gradients() -> None:
