@@ -206,9 +206,7 @@ def _check_artifacts(db: RunDatabase) -> None:
             raise TamperDetected(None, f"kernel {kernel_id}: artifact blob {blob_key} is missing")
         row = dict(zip(_ARTIFACT_FIELDS, recipe, strict=True))
         row["config"] = loads(row["config"])
-        if header.get("kernel_id") != kernel_id or any(
-            header.get(k) != v for k, v in row.items()
-        ):
+        if header.get("kernel_id") != kernel_id or any(header.get(k) != v for k, v in row.items()):
             raise TamperDetected(
                 None, f"kernel {kernel_id}: its artifact row does not match blob {blob_key}"
             )
