@@ -270,6 +270,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             recompute_decisions=args.recompute_decisions,
             allow_env_mismatch=args.allow_env_mismatch,
             trainer_factory=_factory(args),
+            compile=None if args.compile is None else args.compile == "on",
         )  # fmt: skip
     except Divergence as exc:
         print(f"esper-es: {exc}", file=sys.stderr)
@@ -499,6 +500,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-env-mismatch",
         action="store_true",
         help="replay even where the environment differs from the recorded one",
+    )
+    sp.add_argument(
+        "--compile",
+        choices=("on", "off"),
+        help="background kernel compilation on or off, whatever the run used (default: as "
+        "recorded); compilation never changes the numbers, so both reproduce the run",
     )
     _factory_option(sp)
     sp = add("rollback", cmd_rollback, "open a branch whose state is the state at SEQ")

@@ -51,6 +51,7 @@ def replay(
     trainer_factory: TrainerFactory | None = None,
     out: str | os.PathLike[str] | None = None,
     after_restore: Callable[[Trainer], None] | None = None,
+    compile: bool | None = None,
 ) -> ReplayResult:
     """Re-execute `branch` of the run in `db_path` (up to `to_seq`) and check it bit for bit.
 
@@ -63,7 +64,8 @@ def replay(
     lifecycle driver, the controller and the orchestrator run live (from the start) and the
     first command that differs from the log raises `Divergence`. `out` writes the model (see
     `export_model`). `after_restore(trainer)` runs once the start state is in place (a hook
-    for tests and debugging). Raises `Divergence` (exit 3) or `EnvironmentMismatch` (exit 4).
+    for tests and debugging). `compile` replays with background compilation on or off
+    whatever the run's config said (None: as recorded); the fingerprints are the same. Raises `Divergence` (exit 3) or `EnvironmentMismatch` (exit 4).
     """
     started = time.perf_counter()
     with RunDatabase.open(db_path, readonly=True) as db:
@@ -74,6 +76,7 @@ def replay(
             factory=trainer_factory,
             allow_env_mismatch=allow_env_mismatch,
             recorded=not recompute_decisions,
+            compile=compile,
         )
         snapshot: RecordedEvent | None = None
         if to_seq is not None and not recompute_decisions:

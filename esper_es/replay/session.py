@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
+import attrs
+
 from esper_es.command_bus import CommandBus
 from esper_es.config import RunConfig, config_from_dict
 from esper_es.core import events as ev
@@ -119,6 +121,7 @@ class Session:
         allow_env_mismatch: bool = False,
         recorded: bool = True,
         then_live: bool = False,
+        compile: bool | None = None,
     ) -> None:
         self.db = db
         db.branch(branch)
@@ -128,6 +131,10 @@ class Session:
         self.log = RecordedLog(db, branch, to_seq)
         self.started = self.log.run_started()
         self.config = config_from_dict(self.started.config)
+        if compile is not None:
+            # Compilation never changes the numbers (SPEC §6), so either setting replays.
+            library = attrs.evolve(self.config.library, compile=compile)
+            self.config = attrs.evolve(self.config, library=library)
         self.env_differences = prepare_environment(self.started, self.config, allow_env_mismatch)
         if self.env_differences and not allow_env_mismatch:
             raise EnvironmentMismatch(self.env_differences)
