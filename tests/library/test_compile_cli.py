@@ -10,25 +10,8 @@ import pytest
 
 from esper_es.cli.main import main
 
-CONFIG = """
-[train]
-epochs = 2
-batch_size = 32
-controller_every_steps = 2
-[host]
-max_train_examples = 192
-max_val_examples = 64
-[driver]
-contribution_examples = 32
-[lifecycle]
-min_training_steps = 2
-[controller]
-plateau_window = 1
-plateau_threshold = 100.0
-cooldown_steps = 2
-[library]
-compile = true
-"""
+TINY = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_run.toml"
+CONFIG = TINY.read_text() + "[library]\ncompile = true\n"
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, object]:

@@ -18,23 +18,7 @@ from typing import Any
 from esper_es.numerics import PORTABLE_ENV
 
 #: A run of a second or so: one short epoch on a slice of digits, seeds germinating.
-TINY = """
-[train]
-epochs = 1
-batch_size = 32
-controller_every_steps = 2
-[host]
-max_train_examples = 160
-max_val_examples = 64
-[driver]
-contribution_examples = 32
-[lifecycle]
-min_training_steps = 2
-[controller]
-plateau_window = 1
-plateau_threshold = 100.0
-cooldown_steps = 2
-"""
+TINY = (Path(__file__).resolve().parents[1] / "fixtures" / "tiny_run.toml").read_text()
 
 #: Every variable a CPU code path reads, beyond those portable pins.
 EXTRA_VARS = ("MKL_DEBUG_CPU_TYPE", "DNNL_DEFAULT_FPMATH_MODE", "ONEDNN_DEFAULT_FPMATH_MODE")
