@@ -145,6 +145,7 @@ class Session:
         trainer.db = db
         trainer.replay_source = self
         trainer.writes_snapshots = False
+        trainer.measures_telemetry = not recorded
         self.recorded = recorded
         self.then_live = then_live
         self.checked = 0
@@ -462,6 +463,7 @@ class Session:
         self._set_ids(None)
         trainer.use_branch_ids(branch)
         trainer.writes_snapshots = True
+        trainer.measures_telemetry = True
         trainer.replay_source = None
 
     def run(self, epochs: int, at: Position | None) -> bool:

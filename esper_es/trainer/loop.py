@@ -281,6 +281,10 @@ class Trainer:
         self._main_prefixes: dict[str, str] = {}
         self.replay_source: ReplaySource | None = None
         self.writes_snapshots = True
+        #: Whether steps measure the seed signals the lifecycle driver reads. A replay that
+        #: applies recorded decisions runs no driver, so it skips them (they change nothing
+        #: in the model: eval-mode forward passes).
+        self.measures_telemetry = True
         self.batches_done = 0
         self.epoch_losses: list[float] = []
         self.db: RunDatabase | None = None
@@ -601,7 +605,7 @@ class Trainer:
         value = float(loss.detach())
         self.recent_losses.append(value)
         every = self.config.driver.observe_every
-        if (self.step + 1) % every == 0:
+        if self.measures_telemetry and (self.step + 1) % every == 0:
             for layer in self.layers.values():
                 for i, seed in enumerate(layer.seed_ids()):
                     if layer.stage(i) is Stage.TRAINING:
