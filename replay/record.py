@@ -107,7 +107,47 @@ RUNS: dict[str, tuple[str, int, int | None]] = {
     "text": (TEXT + PORTABLE, 1, None),
     "rollback": (DIGITS + PORTABLE, 2, 12),
     "native": (DIGITS, 3, None),
+    "decisions": (DIGITS + PORTABLE, 4, None),
 }
+
+#: Runs whose user code also decides: run -> {step: (layer, call shape)}. After that step's
+#: boundary a thread calls the orchestrator with the seed call shape (SPEC §4); the decision
+#: is recorded, and must replay, at the next boundary (SPEC §6, "every decision replays").
+USER_DECISIONS: dict[str, dict[int, tuple[str, str]]] = {
+    "decisions": {5: ("layer2", "async"), 9: ("layer1", "sync")},
+}
+
+
+def user_hook(name: str) -> Any:
+    """The `on_step` hook that makes run `name`'s user decisions from other threads."""
+    import asyncio
+    import threading
+    import time
+
+    from esper_es.core.decisions import AdaptationDecision
+
+    plan = USER_DECISIONS.get(name, {})
+
+    def call(trainer: Any, layer: str, shape: str) -> None:
+        decision = AdaptationDecision(
+            layer_name=layer, adaptation_type="add_seed", parameters={"num_seeds": 1},
+            reason=f"user: {shape} call shape from a thread",
+        )  # fmt: skip
+        orchestrator = trainer.orchestrator
+        if shape == "async":
+            coro = orchestrator.apply_architecture_modification(model=trainer.model, decision=decision)
+            asyncio.run(coro)
+        else:
+            orchestrator.apply_architecture_modification_sync(trainer.model, decision)
+
+    def on_step(trainer: Any, step: int) -> None:
+        if step in plan:
+            threading.Thread(target=call, args=(trainer, *plan[step]), daemon=True).start()
+            # Wait until it is queued, so it lands at the next boundary however threads run.
+            while trainer.orchestrator.pending() == 0:
+                time.sleep(0.001)
+
+    return on_step
 
 
 def expected(db_path: Path) -> dict[str, Any]:
@@ -149,7 +189,8 @@ def record(name: str) -> dict[str, Any]:
     for suffix in ("", "-wal", "-shm", ".lock", ".audit.jsonl"):
         Path(str(db) + suffix).unlink(missing_ok=True)
     config = config_from_dict(tomllib.loads(text))
-    built_in_trainer(config, seed=seed, db_path=db).run()
+    hook = user_hook(name) if name in USER_DECISIONS else None
+    built_in_trainer(config, seed=seed, db_path=db, on_step=hook).run()
     if back is not None:
         with RunDatabase.open(db, readonly=True) as rdb:
             ends = boundary_ends(RecordedLog(rdb, "main"))
