@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from esper_es.core.canonical import canonical_bytes
+from esper_es.errors import TamperDetected
 from esper_es.nn.fingerprint import dtype_name, tensor_bytes
 from esper_es.store.database import RunDatabase
 
@@ -122,11 +123,38 @@ def write_snapshot(
     return SnapshotStats(key, w.tensors, w.new_blobs, w.new_bytes, w.total_bytes)
 
 
+#: The dtypes a snapshot may name. A manifest is read from the file, so its dtype is looked up
+#: here rather than with `getattr(torch, name)`, which would hand back any torch attribute.
+SNAPSHOT_DTYPES: Mapping[str, torch.dtype] = {
+    dtype_name(t): t
+    for t in (
+        torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64,
+        torch.complex128, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
+        torch.bool,
+    )
+}  # fmt: skip
+
+
 def _tensor(db: RunDatabase, ref: Mapping[str, Any]) -> Tensor:
-    data = bytearray(db.get_blob(ref["blob"]))
-    dtype = getattr(torch, ref["dtype"])
+    blob = str(ref.get("blob"))
+    dtype = SNAPSHOT_DTYPES.get(str(ref.get("dtype")))
+    shape = ref.get("shape")
+    if (
+        dtype is None
+        or not isinstance(shape, list)
+        or not all(isinstance(n, int) and n >= 0 for n in shape)
+    ):
+        raise TamperDetected(None, f"snapshot tensor {blob}: invalid dtype or shape {ref!r}")
+    data = bytearray(db.get_blob(blob))
+    count = 1
+    for n in shape:
+        count *= n
+    if len(data) != count * dtype.itemsize:
+        raise TamperDetected(
+            None, f"snapshot tensor {blob}: {len(data)} bytes for shape {shape} of {dtype}"
+        )
     flat = torch.frombuffer(data, dtype=dtype) if data else torch.empty(0, dtype=dtype)
-    return flat.reshape(ref["shape"]).clone()
+    return flat.reshape(shape).clone()
 
 
 def _restore(db: RunDatabase, node: Mapping[str, Any]) -> Any:
