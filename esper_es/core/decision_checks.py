@@ -68,9 +68,9 @@ def check_decision(decision: AdaptationDecision) -> Strategy:
     try:
         kind = AdaptationType(decision.adaptation_type)
     except ValueError:
-        known = ", ".join(t.value for t in AdaptationType)
+        kinds = ", ".join(t.value for t in AdaptationType)
         raise InvalidDecision(
-            f"unknown adaptation_type {decision.adaptation_type!r}; known: {known}"
+            f"unknown adaptation_type {decision.adaptation_type!r}; known: {kinds}"
         ) from None
     params = decision.parameters
     if not isinstance(params, Mapping):
