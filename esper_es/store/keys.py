@@ -39,15 +39,17 @@ def public_from_raw(data: bytes) -> Ed25519PublicKey:
 def _read(path: str | Path) -> bytes:
     p = Path(path)
     try:
-        if p.stat().st_size > _MAX_KEY_FILE:
-            raise KeyFileError(str(p), "too large to be a PEM key")
-        return p.read_bytes()
+        with p.open("rb") as fh:
+            data = fh.read(_MAX_KEY_FILE + 1)  # bounded: a device or a huge file is not a key
     except FileNotFoundError:
         raise KeyFileError(str(p), "no such file") from None
     except IsADirectoryError:
         raise KeyFileError(str(p), "is a directory, not a key file") from None
     except OSError as exc:
         raise KeyFileError(str(p), f"cannot be read: {exc.strerror or exc}") from None
+    if len(data) > _MAX_KEY_FILE:
+        raise KeyFileError(str(p), "too large to be a PEM key")
+    return data
 
 
 def load_private_key(path: str | Path) -> Ed25519PrivateKey:
