@@ -15,7 +15,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from esper_es.errors import KeyFileError
+from esper_es.errors import KeyFileError, StorageError
 
 _MAX_KEY_FILE = 64 * 1024
 _PRIVATE_MARK = b"PRIVATE KEY-----"
@@ -112,8 +112,8 @@ def generate_keypair(out: str | Path, *, force: bool = False) -> tuple[Path, Pat
     for p, data, mode in ((private_path, private_pem, 0o600), (pub_path, public_pem, 0o644)):
         try:
             _write(p, data, mode)
-        except OSError as exc:
-            raise KeyFileError(str(p), f"cannot write it: {exc.strerror or exc}") from None
+        except OSError as exc:  # the file system refused: not a bad key (exit 1)
+            raise StorageError(str(p), f"cannot write the key: {exc.strerror or exc}") from None
     return private_path, pub_path, key_id(key.public_key())
 
 
@@ -124,8 +124,12 @@ def _write(path: Path, data: bytes, mode: int) -> None:
     tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

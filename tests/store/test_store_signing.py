@@ -262,3 +262,11 @@ def test_keygen_writes_a_private_key_only_its_owner_reads(
     assert code == 0 and forced["key_id"] != out["key_id"]
     with pytest.raises(KeyFileError, match="private key"):
         load_public_key(out_path)
+
+
+def test_keygen_into_a_place_it_cannot_write_is_a_storage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(["keygen", "--out", str(tmp_path / "missing" / "k.pem")], capsys)
+    assert code == 1 and out["error"] == "StorageError" and "cannot write the key" in err
+    assert not (tmp_path / "missing").exists()
