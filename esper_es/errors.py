@@ -175,3 +175,15 @@ class HostFactoryError(EsperError):
     """A run's host cannot be (re)built: no factory known, not importable, or not the run's."""
 
     exit_code = EXIT_USAGE
+
+
+class KeyFileError(EsperError):
+    """A signing key file cannot be used: missing, unreadable, not the PEM key expected, or
+    an output that would replace an existing key."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"key file {path}: {problem}")

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import copy
 import random
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -47,6 +48,7 @@ from esper_es.command_bus import CommandBus, Outcome
 from esper_es.core import commands as c
 from esper_es.core import events as ev
 from esper_es.core.decider import Context, decide, evolve, layer_of
+from esper_es.core.decision_checks import check_against_layer
 from esper_es.core.decisions import AdaptationDecision, SeedStats, telemetry_digest
 from esper_es.core.ids import IdSource, derive_seed
 from esper_es.core.state import LayerState, SeedState
@@ -208,10 +210,15 @@ class SeedOrchestrator:
     def _ticket(
         self, decision: AdaptationDecision, source: str, telemetry: Mapping[str, Any] | None
     ) -> ModificationTicket:
-        decision.strategy()  # an unknown type or strategy fails here, not at the boundary
-        layer_for(decision, self.bus.layers)
-        if decision.decision_id is None:
-            decision = attrs.evolve(decision, decision_id=self.ids())
+        # Checked in full here, not at the boundary: the caller gets the error, nothing queued.
+        decision.strategy()
+        check_against_layer(decision, layer_for(decision, self.bus.layers))
+        # The ticket keeps its own copy: a caller changing its dict later changes nothing.
+        decision = attrs.evolve(
+            decision,
+            parameters=copy.deepcopy(dict(decision.parameters)),
+            decision_id=self.ids() if decision.decision_id is None else decision.decision_id,
+        )
         return ModificationTicket(decision, source, telemetry or {})
 
     def commands_for_boundary(

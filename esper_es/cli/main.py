@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from esper_es import __version__
+from esper_es.cli import sign as sign_cli
 from esper_es.errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, EsperError, TamperDetected
 
 EXIT_INTERRUPTED = 130
@@ -58,6 +59,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from esper_es.store.verify import verify
 
     report = verify(args.db)
+    extra = sign_cli.check_verified(args, report.head_seq, report.head_hash)
     obj = {
         "ok": True,
         "run_id": report.run_id,
@@ -70,7 +72,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         "branches": list(report.branches),
         "blobs": report.blobs,
         "audit_lines": report.audit_lines,
+        **extra,
     }
+    signed = sign_cli.describe(extra)
     _emit(
         args,
         obj,
@@ -78,6 +82,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             f"OK  {args.db}: {report.events} events, {report.streams} streams, "
             f"branches {', '.join(report.branches)}, {report.blobs} blobs; "
             f"head seq {report.head_seq} hash {report.head_hash[:16]}…"
+            + (f"; {signed}" if signed else "")
         ),
     )
     return EXIT_OK
@@ -521,6 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
     _factory_option(sp)
     sp = add("verify", cmd_verify, "check hash chain, gap-free sequence, schemas, stream versions")
     sp.add_argument("db")
+    sign_cli.verify_options(sp)
+    sign_cli.register(add)
     sp = add("history", cmd_history, "the audit timeline, with causes")
     sp.add_argument("db")
     sp.add_argument("--stream", help="only this stream, e.g. seed:layer1/0")

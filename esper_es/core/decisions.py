@@ -18,7 +18,9 @@ from esper_es.errors import EXIT_USAGE, EsperError
 
 
 class InvalidDecision(EsperError, ValueError):
-    """An adaptation decision cannot be carried out as given (unknown type, strategy, layer)."""
+    """An adaptation decision cannot be carried out as given: an unknown type, strategy,
+    layer or seed, a parameter its strategy does not read, or a value of the wrong type or
+    out of range. Raised before anything is queued or appended."""
 
     exit_code = EXIT_USAGE
 
@@ -83,22 +85,18 @@ class AdaptationDecision:
     telemetry_digest: str | None = None
     decision_id: str | None = None
 
+    def __attrs_post_init__(self) -> None:
+        self.strategy()  # a malformed decision fails where it is built (InvalidDecision)
+
     def strategy(self) -> Strategy:
-        """The strategy this decision runs with: `parameters.strategy`, else the type's default."""
-        named = self.parameters.get("strategy")
-        if named is not None:
-            try:
-                return Strategy(str(named).lower())
-            except ValueError:
-                known = ", ".join(s.value for s in Strategy)
-                raise InvalidDecision(f"unknown strategy {named!r}; known: {known}") from None
-        try:
-            return STRATEGY_FOR_TYPE[AdaptationType(self.adaptation_type)]
-        except ValueError:
-            known = ", ".join(t.value for t in AdaptationType)
-            raise InvalidDecision(
-                f"unknown adaptation_type {self.adaptation_type!r}; known: {known}"
-            ) from None
+        """The strategy this decision runs with, after checking the decision in full.
+
+        `parameters.strategy`, else the type's default; InvalidDecision (naming the field or
+        parameter and what is allowed) if anything is malformed (`core/decision_checks.py`).
+        """
+        from esper_es.core.decision_checks import check_decision
+
+        return check_decision(self)
 
 
 @attrs.frozen(kw_only=True)

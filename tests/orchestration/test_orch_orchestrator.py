@@ -89,12 +89,21 @@ def test_a_bad_decision_fails_its_ticket_not_the_boundary(make_run: MakeRun) -> 
     run = make_run({"layer1": 2})
     orch = run.orchestrator()
     trainer = FakeTrainer(orch, run.bus)
-    bad = orch.submit(add(1, blueprint="lora"))  # does not fit: found when planned
-    good = orch.submit(add(1))
+    real = orch.germination
+
+    def germination(seed: str, blueprint: str, command_id: str) -> Any:
+        if blueprint == "conv3x3":  # what only planning finds (a kernel that cannot be made)
+            raise RuntimeError("no conv3x3 kernel")
+        return real(seed, blueprint, command_id)
+
+    orch.germination = germination
+    bad = orch.submit(add(1))
+    good = orch.submit(add(1, blueprint="depthwise"))
+    head = run.db.head_seq()
     trainer.boundary(3)
-    with pytest.raises(Exception, match="lora"):
+    with pytest.raises(RuntimeError, match="conv3x3"):
         bad.result(0)
-    assert good.result(0)[0]
+    assert run.db.head_seq() > head and good.result(0)[0]
 
 
 def test_async_call_waits_for_the_attached_trainers_boundary(make_run: MakeRun) -> None:
