@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,6 +21,7 @@ from esper_es.core import events as ev
 from esper_es.core.envelope import RecordedEvent
 from esper_es.nn.fingerprint import architecture_manifest, model_fingerprint
 from esper_es.nn.projector import Projector
+from esper_es.errors import StorageError
 from esper_es.replay.errors import Divergence, NotAModelFile
 
 EXPORT_FORMAT = 1
@@ -43,22 +45,39 @@ def export_model(
         if isinstance(rec.event, ev.SeedEvent | ev.SeedLayerRegistered)
     ]
     fingerprint = model_fingerprint(model)
-    torch.save(
-        {
-            "format": EXPORT_FORMAT,
-            "run_id": run_id,
-            "branch": branch,
-            "seq": seq,
-            "fingerprint": fingerprint,
-            "manifest": architecture_manifest(model),
-            "config": config,
-            "master_seed": master_seed,
-            "events": arch,
-            "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
-        },
-        path,
-    )
+    data = {
+        "format": EXPORT_FORMAT,
+        "run_id": run_id,
+        "branch": branch,
+        "seq": seq,
+        "fingerprint": fingerprint,
+        "manifest": architecture_manifest(model),
+        "config": config,
+        "master_seed": master_seed,
+        "events": arch,
+        "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
+    }
+    # Opened here, not by torch.save: a place that cannot be written is then an OSError the
+    # command line reports in one line (torch's own writer raises a bare RuntimeError).
+    try:
+        with open(path, "wb") as fh:
+            torch.save(data, fh)
+    except OSError as exc:
+        raise StorageError(
+            str(path), f"cannot write the model file ({exc.strerror or exc})"
+        ) from None
     return fingerprint
+
+
+def check_writable(path: str | os.PathLike[str]) -> None:
+    """Refuse, before any work, an output path whose directory cannot take the file."""
+    parent = Path(path).absolute().parent
+    if not parent.is_dir():
+        raise StorageError(str(path), f"no such directory: {parent}")
+    if not os.access(parent, os.W_OK) or Path(path).is_dir():
+        raise StorageError(
+            str(path), "cannot write there (read-only, no permission, or a directory)"
+        )
 
 
 def load_model(path: str | os.PathLike[str], host: nn.Module | None = None) -> nn.Module:

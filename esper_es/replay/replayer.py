@@ -68,6 +68,10 @@ def replay(
     whatever the run's config said (None: as recorded); the fingerprints are the same. Raises `Divergence` (exit 3) or `EnvironmentMismatch` (exit 4).
     """
     started = time.perf_counter()
+    if out is not None:
+        from esper_es.replay.export import check_writable
+
+        check_writable(out)
     with RunDatabase.open(db_path, readonly=True) as db:
         session = Session(
             db,
