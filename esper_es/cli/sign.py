@@ -62,9 +62,13 @@ def verify_options(sp: argparse.ArgumentParser) -> None:
 
 def check_verified(args: argparse.Namespace, head_seq: int, head_hash: str) -> dict[str, Any]:
     """After `verify` passed: the `--expect-head` and `--key` checks; their JSON fields."""
+    out: dict[str, Any] = {}
+    if args.expect_head is None and args.key is None:
+        if args.allow_unsigned_tail:
+            raise SignOptionError("--allow-unsigned-tail goes with --key")
+        return out  # a plain verify needs no cryptography (nor its import time)
     from esper_es.store import signing
 
-    out: dict[str, Any] = {}
     if args.expect_head is not None:
         if not _HASH.match(args.expect_head):
             raise SignOptionError(
