@@ -29,6 +29,19 @@ class UsageError(EsperError):
     exit_code = EXIT_USAGE
 
 
+class TrainingDiverged(EsperError):
+    """Training produced a non-finite loss and stopped; its log is whole and verifies."""
+
+    exit_code = EXIT_ERROR
+
+    def __init__(self, why: str, db: str, head_seq: int) -> None:
+        super().__init__(
+            f"training diverged ({why}) and stopped; {db} ends with TrainingStopped(diverged) "
+            f"at seq {head_seq} and verifies. The same config diverges again: start a new run "
+            "with a lower learning rate (train.lr, train.seed_lr)"
+        )
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
@@ -215,6 +228,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.db is None:
         trainer.db_path = Path("runs") / f"{trainer.run_id}.db"
     result = trainer.run()
+    if result.diverged is not None:
+        raise TrainingDiverged(result.diverged, result.db, result.head_seq)
     obj = {
         "run_id": result.run_id,
         "branch": result.branch,

@@ -371,10 +371,11 @@ class Checkpointed(RunEvent):
     """Per state_dict entry digest, so a replay that diverges can name the tensors that differ."""
 
 
-@event_type(1)
+@event_type(2)
 @attrs.frozen(kw_only=True)
 class TrainingStopped(RunEvent):
-    """Training stopped at a step boundary: completed, or interrupted and resumable."""
+    """Training stopped at a step boundary: completed; interrupted (resumable); or diverged (a
+    non-finite loss: the log ends verified, roll back to before it to go on)."""
 
     epoch: int
     step: int

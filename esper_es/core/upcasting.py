@@ -74,3 +74,9 @@ def _run_started_v1_to_v2(payload: Payload) -> Payload:
 def _kernel_compiled_v1_to_v2(payload: Payload) -> Payload:
     # v1 switched a whole kernel to a dynamic-shape compile of unchecked numerics: no variant.
     return {**payload, "variant": None}
+
+
+@upcaster("TrainingStopped", 1)
+def _training_stopped_v1_to_v2(payload: Payload) -> Payload:
+    # v2 only adds the reason `diverged`; every v1 reason means the same in v2.
+    return dict(payload)

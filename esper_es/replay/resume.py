@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import time
 
+from esper_es.core import events as ev
+from esper_es.replay.errors import NotReplayable
 from esper_es.replay.session import Session, TrainerFactory
 from esper_es.store.database import RunDatabase
 from esper_es.trainer.loop import TrainResult
@@ -46,6 +48,13 @@ def resume(
             recorded=False,
             then_live=True,
         )
+        last = session.log.events[-1].event if session.log.events else None
+        if isinstance(last, ev.TrainingStopped) and last.reason == "diverged":
+            raise NotReplayable(
+                f"branch {branch!r} diverged at step {last.step} (a non-finite loss) and "
+                "stopped: continuing it would diverge again at the same step. Start a new run "
+                "with a lower learning rate"
+            )
         t = session.trainer
         target = epochs if epochs is not None else session.config.train.epochs
         done = session.log.completed_epochs()

@@ -26,6 +26,7 @@ loop stops at the next boundary with a snapshot, a `Checkpointed` and
 
 from __future__ import annotations
 
+import math
 import random
 import signal
 import sys
@@ -165,6 +166,8 @@ class TrainResult:
     epochs: int
     interrupted: bool
     seconds: float
+    diverged: str | None = None
+    """Why the run diverged (a non-finite loss), if it did: it stopped there."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict (what `esper-es train --json` prints)."""
@@ -285,6 +288,8 @@ class Trainer:
         #: applies recorded decisions runs no driver, so it skips them (they change nothing
         #: in the model: eval-mode forward passes).
         self.measures_telemetry = True
+        #: Why training diverged (a non-finite loss), once it has; the run then stops.
+        self.divergence: str | None = None
         self.batches_done = 0
         self.epoch_losses: list[float] = []
         self.db: RunDatabase | None = None
@@ -541,16 +546,21 @@ class Trainer:
         return interrupted
 
     def _after_step(self, epoch: int, losses: list[float], last_in_epoch: bool, final: bool) -> str:
-        """The boundary after a step: `continue`, `ended`, `interrupted` or `done` (replay)."""
+        """The boundary after a step: `continue`, `ended`, `interrupted`, `diverged` or `done`."""
         source = self.replay_source
         if source is not None:
             if source.recorded:
                 return "done" if source.apply_boundary(self) else "continue"
             source.before_boundary(self)
+        if self.divergence is not None:
+            return self._diverged_stop()
         facts: list[c.Command] = []
         if last_in_epoch:
             train_loss = sum(losses) / len(losses)
             val_loss, acc = self.evaluate()
+            if not math.isfinite(val_loss):
+                self.divergence = f"validation loss {val_loss} at step {self.step}"
+                return self._diverged_stop()
             self.train_loss_history.append(train_loss)
             self.val_loss_history.append(val_loss)
             if acc is not None:
@@ -569,6 +579,20 @@ class Trainer:
         elif self._checkpoint_due():
             facts.append(self._checkpoint(epoch, snapshot=False))
         return self._rest(facts, last_in_epoch=last_in_epoch, final=final)
+
+    def _diverged_stop(self) -> str:
+        """Record a diverged run's end: its fingerprint, then `TrainingStopped(diverged)`.
+
+        No snapshot (the trainer's histories hold the non-finite loss) and no lifecycle or
+        controller work (their telemetry would too); the log stays verifiable, and a rollback
+        to an earlier seq continues from before the divergence.
+        """
+        self._boundary(
+            [self._checkpoint(self.epoch, snapshot=False), self._stopped("diverged")],
+            self._probe,
+            lifecycle=False,
+        )
+        return "diverged"
 
     def _rest(self, facts: list[c.Command], *, last_in_epoch: bool, final: bool) -> str:
         """The boundary once its facts are built: lifecycle, commit, hooks and Ctrl-C."""
@@ -603,6 +627,11 @@ class Trainer:
             self._train_seeds_on_own_loss(batch)
         self.optimizer.step()
         value = float(loss.detach())
+        if not math.isfinite(value):
+            # Nothing after this can be recorded faithfully (losses go into canonical JSON,
+            # which has no NaN): stop at this boundary instead (`_diverged_stop`).
+            self.divergence = self.divergence or f"training loss {value} at step {self.step + 1}"
+            return value
         self.recent_losses.append(value)
         every = self.config.driver.observe_every
         if self.measures_telemetry and (self.step + 1) % every == 0:
@@ -878,6 +907,7 @@ class Trainer:
             epochs=self.epoch,
             interrupted=interrupted,
             seconds=time.perf_counter() - started,
+            diverged=self.divergence,
         )
 
     # --- plumbing -------------------------------------------------------------------------
