@@ -346,6 +346,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     result = resume(
         args.db, epochs=args.epochs, branch=args.branch,
         allow_env_mismatch=args.allow_env_mismatch, trainer_factory=_factory(args),
+        library=args.library,
     )  # fmt: skip
     obj = {**result.to_dict(), "seconds": round(result.seconds, 3)}
     _emit(
@@ -538,6 +539,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--epochs", type=_count, help="train to this many epochs in all")
     sp.add_argument("--branch", help="the branch to continue (default: the newest)")
     sp.add_argument("--allow-env-mismatch", action="store_true")
+    sp.add_argument(
+        "--library",
+        metavar="PATH",
+        help="record the continued run's kernel outcomes in this shared kernel library (the "
+        "path the run recorded is never written unless named here)",
+    )
     _factory_option(sp)
     sp = add("verify", cmd_verify, "check hash chain, gap-free sequence, schemas, stream versions")
     sp.add_argument("db")

@@ -242,8 +242,9 @@ def recorder_for(trainer: Any) -> KernelRecorder:
     cfg = trainer.config.library
     db: RunDatabase = trainer.db
     library = None
-    if cfg.path is not None and not db.readonly:
-        library = LibraryDatabase(cfg.path)
+    path = getattr(trainer, "library_path", cfg.path)
+    if path is not None and not db.readonly:
+        library = LibraryDatabase(path)
     return KernelRecorder(
         db,
         trainer.projector,

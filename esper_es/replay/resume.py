@@ -32,10 +32,13 @@ def resume(
     branch: str | None = None,
     trainer_factory: TrainerFactory | None = None,
     allow_env_mismatch: bool = False,
+    library: str | None = None,
 ) -> TrainResult:
     """Continue `branch` (default: the newest) of the run in `db_path`; see the module doc.
 
     A run already complete to `epochs` is left as it is (the result says so: no new events).
+    Kernel outcomes of the continued run go to the shared library `library` when given; the
+    path the run recorded is never written to by itself (SPEC §9).
     """
     started = time.perf_counter()
     with RunDatabase.open(db_path) as db:
@@ -47,6 +50,7 @@ def resume(
             allow_env_mismatch=allow_env_mismatch,
             recorded=False,
             then_live=True,
+            library=library,
         )
         last = session.log.events[-1].event if session.log.events else None
         if isinstance(last, ev.TrainingStopped) and last.reason == "diverged":

@@ -122,6 +122,7 @@ class Session:
         recorded: bool = True,
         then_live: bool = False,
         compile: bool | None = None,
+        library: str | None = None,
     ) -> None:
         self.db = db
         db.branch(branch)
@@ -133,13 +134,20 @@ class Session:
         self.config = config_from_dict(self.started.config)
         if compile is not None:
             # Compilation never changes the numbers (SPEC §6), so either setting replays.
-            library = attrs.evolve(self.config.library, compile=compile)
-            self.config = attrs.evolve(self.config, library=library)
+            compiling = attrs.evolve(self.config.library, compile=compile)
+            self.config = attrs.evolve(self.config, library=compiling)
         self.env_differences = prepare_environment(self.started, self.config, allow_env_mismatch)
         if self.env_differences and not allow_env_mismatch:
             raise EnvironmentMismatch(self.env_differences)
         factory = resolve_factory(self.started, factory)
         self.trainer = trainer = factory(self.config, self.started.master_seed, db.path)
+        # The recorded `[library] path` is only read through the log (LibraryConsulted): live
+        # outcomes go to a shared library only if the caller names one again.
+        if library is not None:
+            from esper_es.library.database import check_library_file
+
+            check_library_file(Path(library), create=True)
+        trainer.library_path = library
         prepare_trainer(trainer, db, self.started)
         trainer.run_id = db.run_id
         trainer.db = db

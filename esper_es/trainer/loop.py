@@ -288,6 +288,10 @@ class Trainer:
         #: applies recorded decisions runs no driver, so it skips them (they change nothing
         #: in the model: eval-mode forward passes).
         self.measures_telemetry = True
+        #: The shared kernel library this trainer writes outcomes to. A replay, resume or
+        #: rollback reads the run's config from the log, and a path read from a log is never
+        #: written unless the user names it again (SPEC §9): `Session` sets it.
+        self.library_path: str | None = config.library.path
         #: Why training diverged (a non-finite loss), once it has; the run then stops.
         self.divergence: str | None = None
         self.batches_done = 0
