@@ -36,7 +36,7 @@ from esper_es.errors import EnvironmentMismatch, TamperDetected
 from esper_es.nn.fingerprint import fingerprint_with_digests, optimizer_fingerprint
 from esper_es.nn.telemetry import SeedSignal
 from esper_es.replay.decisions import RecordedDecisions
-from esper_es.replay.errors import Divergence
+from esper_es.replay.errors import Divergence, NotReplayable
 from esper_es.replay.factory import (
     TrainerFactory,
     built_in_factory,
@@ -131,6 +131,12 @@ class Session:
         self.chain = check_chain(db)
         self.log = RecordedLog(db, branch, to_seq)
         self.started = self.log.run_started()
+        if self.started.environment.get("kind") == "simulation":
+            raise NotReplayable(
+                f"{db.path} is a simulated run (esper-es simulate): it trained no model, so "
+                "there is nothing to replay, resume or roll back; verify, history, inspect "
+                "and report read it"
+            )
         self.config = config_from_dict(self.started.config)
         if compile is not None:
             # Compilation never changes the numbers (SPEC §6), so either setting replays.

@@ -156,11 +156,19 @@ class RunDatabase:
     ) -> RunDatabase:
         """Create a new run database at `path` and open it for writing."""
         p = Path(path)
-        if p.exists() and p.stat().st_size > 0:
+        if p.exists() and p.stat().st_size > 0 and not _never_committed(p):
             raise NotARunDatabase(str(p), "file already exists; choose a new path")
         p.parent.mkdir(parents=True, exist_ok=True)
         lock_fd = _take_writer_lock(p)
         try:
+            if p.exists() and p.stat().st_size > 0:
+                # Checked again under the lock: a run killed before its first commit left a
+                # database that holds no event (at most orphan blobs). Replacing it loses
+                # nothing, and refusing would block the path for good.
+                if not _never_committed(p):
+                    raise NotARunDatabase(str(p), "file already exists; choose a new path")
+                for suffix in ("-wal", "-shm", ".audit.jsonl"):
+                    Path(str(p) + suffix).unlink(missing_ok=True)
             # Built beside the target and renamed into place once committed, so a crash during
             # creation never leaves a file at `path` that is not a whole, empty run database.
             staging = p.with_name(p.name + ".creating")
@@ -737,6 +745,20 @@ def _check_format(path: Path, conn: sqlite3.Connection) -> None:
             f"format version {version} is newer than this esper-es reads ({FORMAT_VERSION}); "
             "upgrade esper-es",
         )
+
+
+def _never_committed(path: Path) -> bool:
+    """True for an esper-es run database in which no event was ever committed."""
+    try:
+        check_run_database_file(path)
+        conn = _connect(path, readonly=True)
+        try:
+            _check_format(path, conn)
+            return int(conn.execute("SELECT count(*) FROM events").fetchone()[0]) == 0
+        finally:
+            conn.close()
+    except (EsperError, sqlite3.DatabaseError):
+        return False
 
 
 def _take_writer_lock(path: Path) -> int:
