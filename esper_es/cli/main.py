@@ -44,8 +44,11 @@ class TrainingDiverged(EsperError):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        raise UsageError(f"{self.prog}: {message}")
+        # One line, like every other error (SPEC §9), naming where the usage is; `_fail`
+        # adds the program name, so it is not repeated here.
+        command = self.prog.removeprefix("esper-es").strip()
+        where = f"{command}: " if command else ""
+        raise UsageError(f"{where}{message} (usage: {self.prog} --help)")
 
 
 def _emit(args: argparse.Namespace, obj: dict[str, Any], text: Callable[[], None]) -> None:
@@ -293,7 +296,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             compile=None if args.compile is None else args.compile == "on",
         )  # fmt: skip
     except Divergence as exc:
-        print(f"esper-es: {exc}", file=sys.stderr)
+        print(f"esper-es: {one_line(str(exc))}", file=sys.stderr)
         obj = {"error": "Divergence", "message": str(exc), "exit_code": EXIT_VERIFY}
         obj.update(exc.to_dict())
         if args.json:
@@ -616,6 +619,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, KeyError, ValueError) as exc:
         _fail(want_json, type(exc).__name__, str(exc), EXIT_ERROR, {})
         return EXIT_ERROR
+    except Exception as exc:
+        # The last resort: no path lets a traceback reach the user (SPEC §9). Anything here
+        # is a bug of ours; ESPER_ES_DEBUG=1 shows the traceback for the report.
+        if os.environ.get("ESPER_ES_DEBUG"):
+            raise
+        message = (
+            f"internal error ({type(exc).__name__}: {exc}); this is a bug in esper-es: please "
+            "report it with the command you ran (ESPER_ES_DEBUG=1 shows the traceback)"
+        )
+        _fail(want_json, "InternalError", " ".join(message.split()), EXIT_ERROR, {})
+        return EXIT_ERROR
 
 
 def _pin_numerics(args: argparse.Namespace) -> None:
@@ -649,7 +663,15 @@ def _recorded_numerics(db_path: str) -> str | None:
     return None
 
 
+def one_line(message: str) -> str:
+    """`message` on one line: control characters (from a damaged file's bytes) escaped."""
+    return "".join(
+        ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in message
+    )
+
+
 def _fail(want_json: bool, kind: str, message: str, code: int, extra: dict[str, Any]) -> None:
+    message = one_line(message)
     print(f"esper-es: {message}", file=sys.stderr)
     if want_json:
         obj = {"error": kind, "message": message, "exit_code": code, **extra}

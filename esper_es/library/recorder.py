@@ -92,6 +92,12 @@ class KernelRecorder:
         #: Branch -> {ancestor: the last step of it that the branch sees} (see `_ancestors`).
         self._lineage: dict[str, dict[str, int]] = {}
 
+    def close(self) -> None:
+        """Close the shared library (its WAL checkpointed now, not whenever it is collected)."""
+        if self.library is not None:
+            self.library.close()
+            self.library = None
+
     def recorded_consultation(self) -> ev.LibraryConsulted | None:
         """The run's `LibraryConsulted`, if its log has one (a replay, resume or rollback)."""
         found = list(self.db.read(types=["LibraryConsulted"], branch=None))

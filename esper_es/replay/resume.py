@@ -62,14 +62,15 @@ def resume(
         t = session.trainer
         target = epochs if epochs is not None else session.config.train.epochs
         done = session.log.completed_epochs()
-        at = session.start(session.log.latest_snapshot())
-        if done is not None and done >= target:
-            # Nothing to add; report the run as it stands.
-            t.project()
-            return t._result(False, started)
         try:
+            at = session.start(session.log.latest_snapshot())
+            if done is not None and done >= target:
+                # Nothing to add; report the run as it stands.
+                t.project()
+                return t._result(False, started)
             with t._sigint():
                 interrupted = session.run(target, at)
         finally:
             t.close_compiler()
+            t.close_library()
         return t._result(interrupted, started)

@@ -94,19 +94,27 @@ class AuditTrail:
 
     def __init__(self, path: Path, run_id: str) -> None:
         self.path = path
-        self._fh: TextIO = path.open("a", encoding="utf-8", buffering=1 << 16)
-        self._log = structlog.wrap_logger(
-            structlog.WriteLogger(self._fh),
-            processors=[structlog.processors.TimeStamper(fmt="iso", utc=True), _render_batch],
-            context_class=dict,
-        ).bind(run_id=run_id)
+        self.run_id = run_id
+        # Opened at the first record: a writer that stops before appending anything (a resume
+        # refused by its checks) must not leave a file behind (SPEC §9).
+        self._fh: TextIO | None = None
+        self._log: Any = None
 
     def record(self, rows: Sequence[Sequence[Any]]) -> None:
         """Log the rows just committed (tuples in `events` column order), one line each."""
-        if rows:
-            # WriteLogger writes the rendered lines and a final newline, then flushes.
-            self._log.info("event_appended", **{_ROWS: rows})
+        if not rows:
+            return
+        if self._fh is None:
+            self._fh = self.path.open("a", encoding="utf-8", buffering=1 << 16)
+            self._log = structlog.wrap_logger(
+                structlog.WriteLogger(self._fh),
+                processors=[structlog.processors.TimeStamper(fmt="iso", utc=True), _render_batch],
+                context_class=dict,
+            ).bind(run_id=self.run_id)
+        # WriteLogger writes the rendered lines and a final newline, then flushes.
+        self._log.info("event_appended", **{_ROWS: rows})
 
     def close(self) -> None:
         """Flush and close the file."""
-        self._fh.close()
+        if self._fh is not None:
+            self._fh.close()

@@ -428,7 +428,14 @@ class Trainer:
                 return self._run(epochs, started)
         finally:
             self.close_compiler()
+            self.close_library()
             self.db.close()
+
+    def close_library(self) -> None:
+        """Close the shared kernel library, if this trainer opened one."""
+        recorder = getattr(self, "recorder", None)
+        if recorder is not None:
+            recorder.close()
 
     def _run(self, epochs: int, started: float) -> TrainResult:
         assert self.db is not None
