@@ -200,18 +200,24 @@ class RunDatabase:
             except sqlite3.DatabaseError as exc:
                 raise sqlite_failure(p, exc) from None
         lock_fd = None if readonly else _take_writer_lock(p)
+        conn: sqlite3.Connection | None = None
         try:
             conn = _connect(p, readonly=readonly)
             _check_format(p, conn)
-        except sqlite3.DatabaseError as exc:
+            row = conn.execute("SELECT value FROM meta WHERE key='run_id'").fetchone()
+            if row is None or not isinstance(row[0], str):
+                raise NotARunDatabase(str(p), "its meta table names no run")
+            trail = AuditTrail(audit_path(p), row[0]) if (audit and not readonly) else None
+            return cls(p, conn, readonly=readonly, lock_fd=lock_fd, audit=trail)
+        except BaseException as exc:
+            # Closed now, not at garbage collection: the connection's close is what removes
+            # the `-wal` / `-shm` files it opened beside a file that was refused.
+            if conn is not None:
+                conn.close()
             _release_writer_lock(lock_fd)
-            raise sqlite_failure(p, exc) from None
-        except BaseException:
-            _release_writer_lock(lock_fd)
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise sqlite_failure(p, exc) from None
             raise
-        run_id = conn.execute("SELECT value FROM meta WHERE key='run_id'").fetchone()[0]
-        trail = AuditTrail(audit_path(p), run_id) if (audit and not readonly) else None
-        return cls(p, conn, readonly=readonly, lock_fd=lock_fd, audit=trail)
 
     def close(self) -> None:
         """Checkpoint the WAL into the main file, close, and release the writer lock."""
@@ -693,6 +699,18 @@ def _readable_without_shared_memory(path: Path) -> bool:
 
 
 def _connect_readonly(path: Path) -> sqlite3.Connection:
+    # Where this process may write, a reader opens read-write with `query_only` on: SQLite
+    # refuses every change through it, yet as the last connection to close it removes the
+    # WAL's `-wal` and `-shm` files, which a `mode=ro` reader leaves behind (beside a closed,
+    # clean database they would be stray files the user never asked for, SPEC §9).
+    if os.access(path, os.W_OK) and os.access(path.parent, os.W_OK):
+        conn = sqlite3.connect(
+            readonly_uri(path, mode="rw"), uri=True, isolation_level=None,
+            check_same_thread=False,
+        )  # fmt: skip
+        conn.execute("PRAGMA query_only = ON")
+        conn.execute("PRAGMA busy_timeout = 5000")
+        return conn
     conn = sqlite3.connect(
         readonly_uri(path), uri=True, isolation_level=None, check_same_thread=False
     )
@@ -728,10 +746,24 @@ def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
+#: The columns each core table must have (a file with these tables but other columns is not
+#: a run database, whatever its meta says).
+_TABLE_COLUMNS: dict[str, frozenset[str]] = {
+    "meta": frozenset({"key", "value"}),
+    "events": frozenset(c.strip() for c in _COLUMNS.split(",")),
+    "blobs": frozenset({"key", "size", "data"}),
+    "branches": frozenset({"name", "parent", "fork_seq", "created_seq"}),
+}
+
+
 def _check_format(path: Path, conn: sqlite3.Connection) -> None:
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    if not {"meta", "events", "blobs", "branches"} <= tables:
+    if not set(_TABLE_COLUMNS) <= tables:
         raise NotARunDatabase(str(path), "an SQLite file without esper-es tables")
+    for table, columns in _TABLE_COLUMNS.items():
+        present = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+        if not columns <= present:
+            raise NotARunDatabase(str(path), f"its {table} table lacks esper-es's columns")
     meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
     if meta.get("format") != FORMAT:
         raise NotARunDatabase(str(path), f"format is {meta.get('format')!r}, not {FORMAT!r}")
