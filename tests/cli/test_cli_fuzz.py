@@ -49,10 +49,12 @@ DB_COMMANDS: list[list[str]] = [
     ["resume", "F"],
     ["rollback", "F", "--to", "5"],
     ["report", "F", "-o", "O"],
+    ["sign", "F", "--key", "K"],
+    ["verify", "F", "--key", "K.pub"],
 ]
 
 
-WRITERS = {"resume", "rollback"}
+WRITERS = {"resume", "rollback", "sign"}
 
 
 def _state(root: Path) -> dict[str, str]:
@@ -84,14 +86,18 @@ def _run(argv: list[str], root: Path, allowed: Callable[[str, int], bool]) -> No
 
 
 def _check_db_commands(content_writer: Callable[[Path], None]) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as keys:
         root = Path(tmp)
+        key = Path(keys) / "k.pem"
+        with redirect_stdout(io.StringIO()):
+            assert main(["keygen", "--out", str(key), "--json"]) == 0
         for template in DB_COMMANDS:
             f = root / "in.db"
             for leftover in root.iterdir():
                 shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
             content_writer(f)
-            argv = [a.replace("F", str(f)).replace("O", str(root / "out")) for a in template]
+            names = {"F": str(f), "O": str(root / "out"), "K": str(key)}
+            argv = [names.get(a[0], "") + a[1:] if a[:1] in names else a for a in template]
 
             def allowed(name: str, code: int, writer: bool = template[0] in WRITERS) -> bool:
                 if name.startswith("out") or (writer and name == "in.db.lock"):
