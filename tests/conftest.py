@@ -8,6 +8,28 @@ replays in-process, and results do not depend on which CPU CI happens to get. Te
 (`tests/runtime/numerics_support.py`).
 """
 
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
 from esper_es.numerics import pin_portable
 
+# Nothing above imports torch; this must stay first among anything that does.
 pin_portable()
+
+CORPUS = Path(__file__).resolve().parents[1] / "replay"
+
+
+@pytest.fixture
+def corpus_copy(tmp_path: Path) -> Callable[[str], Path]:
+    """A writable copy of a replay-corpus run (its database and audit trail) in `tmp_path`."""
+
+    def copy(name: str) -> Path:
+        db = tmp_path / "run.db"
+        shutil.copy(CORPUS / name / "run.db", db)
+        shutil.copy(CORPUS / name / "run.db.audit.jsonl", str(db) + ".audit.jsonl")
+        return db
+
+    return copy

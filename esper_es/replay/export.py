@@ -19,9 +19,9 @@ from torch import nn
 from esper_es.config import config_from_dict
 from esper_es.core import events as ev
 from esper_es.core.envelope import RecordedEvent
+from esper_es.errors import StorageError
 from esper_es.nn.fingerprint import architecture_manifest, model_fingerprint
 from esper_es.nn.projector import Projector
-from esper_es.errors import StorageError
 from esper_es.replay.errors import Divergence, NotAModelFile
 
 EXPORT_FORMAT = 1

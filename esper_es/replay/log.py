@@ -87,7 +87,10 @@ class RecordedLog:
                 or (_completed_stop(rec) and not isinstance(event, ev.TrainingStopped))
                 # Not re-issued by a recomputation (see esper_es.replay.session); the trainer
                 # projects it with the events around it.
-                or (isinstance(rec.event, ev.KernelCompiled) and not isinstance(event, ev.KernelCompiled))
+                or (
+                    isinstance(rec.event, ev.KernelCompiled)
+                    and not isinstance(event, ev.KernelCompiled)
+                )
             )
             if not skip:
                 return skipped, rec

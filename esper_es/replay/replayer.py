@@ -65,7 +65,8 @@ def replay(
     first command that differs from the log raises `Divergence`. `out` writes the model (see
     `export_model`). `after_restore(trainer)` runs once the start state is in place (a hook
     for tests and debugging). `compile` replays with background compilation on or off
-    whatever the run's config said (None: as recorded); the fingerprints are the same. Raises `Divergence` (exit 3) or `EnvironmentMismatch` (exit 4).
+    whatever the run's config said (None: as recorded); the fingerprints are the same.
+    Raises `Divergence` (exit 3) or `EnvironmentMismatch` (exit 4).
     """
     started = time.perf_counter()
     if out is not None:

@@ -15,8 +15,9 @@ two modes (`Trainer.replay_source`):
 `KernelCompiled` is the one fact a recomputation does not re-issue: when a background compile
 finishes is not reproducible, so the recorded ones are applied from the log instead (the
 matcher passes over them and the trainer projects them with the events around them, or
-`after_boundary` applies them when nothing after them in their boundary is re-issued), and the kernel
-is compiled synchronously there; the live part of a resume compiles in the background again.
+`after_boundary` applies them when nothing after them in their boundary is re-issued), and the
+kernel is compiled synchronously there; the live part of a resume compiles in the background
+again.
 """
 
 from __future__ import annotations

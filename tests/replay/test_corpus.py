@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
+from esper_es.numerics import cpu_identity
 from esper_es.replay import replay
 from esper_es.store.database import RunDatabase
-from esper_es.numerics import cpu_identity
 from esper_es.store.verify import verify
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
-from numerics_support import clean_env, esper  # noqa: E402
+from numerics_support import clean_env, esper
 
 CORPUS = Path(__file__).resolve().parents[2] / "replay"
 ALL = sorted(p.parent.name for p in CORPUS.glob("*/expected.json"))

@@ -5,21 +5,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from esper_es.cli.main import main
 
-CORPUS_RUN = Path(__file__).resolve().parents[2] / "replay" / "digits" / "run.db"
-
 
 @pytest.fixture
-def run(tmp_path: Path) -> Path:
-    db = tmp_path / "run.db"
-    shutil.copy(CORPUS_RUN, db)
-    shutil.copy(str(CORPUS_RUN) + ".audit.jsonl", str(db) + ".audit.jsonl")
+def run(corpus_copy: Callable[[str], Path]) -> Path:
+    """A copy of the corpus run `digits`."""
+    db = corpus_copy("digits")
     return db
 
 

@@ -4,8 +4,8 @@ rows, and bytes appended after the database's last page. Each used to pass `veri
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,15 +15,11 @@ from esper_es.errors import TamperDetected
 from esper_es.store.database import RunDatabase
 from esper_es.store.verify import check_chain, verify
 
-CORPUS_RUN = Path(__file__).resolve().parents[2] / "replay" / "rollback" / "run.db"
-
 
 @pytest.fixture
-def run(tmp_path: Path) -> Path:
-    """A copy of the corpus run with a rollback branch and kernel artifacts, checkpointed."""
-    db = tmp_path / "run.db"
-    shutil.copy(CORPUS_RUN, db)
-    shutil.copy(str(CORPUS_RUN) + ".audit.jsonl", str(db) + ".audit.jsonl")
+def run(corpus_copy: Callable[[str], Path]) -> Path:
+    """A copy of the corpus run `rollback`, checked."""
+    db = corpus_copy("rollback")
     verify(db)
     return db
 
