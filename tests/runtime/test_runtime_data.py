@@ -167,3 +167,25 @@ def test_batches_reject_bad_arguments() -> None:
         list(batches(x, y, 2, 0, 0, start=4))
     with pytest.raises(ValueError):
         list(batches(x, y, 0, 0, 0))
+
+
+def test_digits_read_from_the_package_file_equal_scikit_learns_loader() -> None:
+    import subprocess
+    import sys
+
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from esper_es.runtime.data import _digits_arrays
+
+    images, labels = _digits_arrays()
+    bunch = load_digits()
+    assert np.array_equal(images, bunch.images.astype(np.float32))
+    assert np.array_equal(labels, bunch.target)
+    # ...without importing scikit-learn's datasets module (start-up time, issue 12).
+    code = (
+        "import sys; from esper_es.runtime.data import load_digits_tensors\n"
+        "load_digits_tensors(); print('sklearn.datasets' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
