@@ -17,7 +17,7 @@ from esper_es.core import events as ev
 from esper_es.replay.errors import NotReplayable
 from esper_es.replay.session import Session, TrainerFactory
 from esper_es.store.database import RunDatabase
-from esper_es.trainer.loop import TrainResult
+from esper_es.trainer.result import TrainResult
 
 
 def newest_branch(db: RunDatabase) -> str:

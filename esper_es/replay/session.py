@@ -49,7 +49,8 @@ from esper_es.runtime.environment import apply_settings, check_environment
 from esper_es.runtime.rng import decode_rng_state, restore_rng_state, rng_digest
 from esper_es.store.database import MAIN, AppendResult, RunDatabase
 from esper_es.store.verify import check_chain
-from esper_es.trainer.loop import Position, Trainer
+from esper_es.trainer.loop import Trainer
+from esper_es.trainer.replay_source import Position
 from esper_es.trainer.snapshots import read_snapshot
 
 __all__ = ["Session", "TrainerFactory", "built_in_factory"]

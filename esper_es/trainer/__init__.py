@@ -2,7 +2,8 @@
 
 from esper_es.trainer.api import built_in, built_in_trainer, make_trainer, train, trainer_for
 from esper_es.trainer.driver import DriverSettings, LifecycleDriver, SeedProbe
-from esper_es.trainer.loop import Trainer, TrainResult
+from esper_es.trainer.loop import Trainer
+from esper_es.trainer.result import TrainResult
 from esper_es.trainer.spec import TrainSpec
 
 __all__ = [

@@ -43,9 +43,9 @@ from esper_es.trainer.loop import (
     StepHook,
     TrainData,
     Trainer,
-    TrainResult,
     ValData,
 )
+from esper_es.trainer.result import TrainResult
 from esper_es.trainer.spec import HostOrFactory, TrainSpec, resolve_spec
 from esper_es.trainer.tasks import build_task
 

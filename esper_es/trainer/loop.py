@@ -18,6 +18,11 @@ torch / `random` / numpy RNGs are seeded from the master seed; host weights, dat
 inits and command ids all come from seeds derived from it. The same config and seed give the
 same events (apart from `run_id` and `recorded_at`) and the same final fingerprint.
 
+Where the parts live: `replay_source` (the protocol a re-execution drives the trainer with),
+`checkpoints` (what `Checkpointed` records, snapshots), `telemetry` (the driver's probes and
+the controller's view), `compilation`, `interrupts` (Ctrl-C, progress), `result`; this file
+keeps the loop and the boundary protocol.
+
 Ctrl-C: a SIGINT handler (installed while `run` runs in the main thread) only sets a flag; the
 loop stops at the next boundary with a snapshot, a `Checkpointed` and
 `TrainingStopped(reason="interrupted")`. A `KeyboardInterrupt` raised by an `on_step` hook
@@ -28,18 +33,13 @@ from __future__ import annotations
 
 import math
 import random
-import signal
-import sys
-import threading
 import time
 import uuid
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from types import FrameType
-from typing import Any, Protocol
+from typing import Any
 
-import attrs
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -50,8 +50,6 @@ from esper_es.config import RunConfig
 from esper_es.controller import (
     Controller,
     HeuristicController,
-    LayerTelemetry,
-    SeedTelemetryView,
     Telemetry,
 )
 from esper_es.core import commands as c
@@ -60,29 +58,27 @@ from esper_es.core.blending import BlendSchedule
 from esper_es.core.decider import layer_of
 from esper_es.core.decisions import AdaptationDecision, SeedStats
 from esper_es.core.ids import IdSource, derive_seed
-from esper_es.core.lifecycle import KERNEL_STAGES, Stage
+from esper_es.core.lifecycle import Stage
 from esper_es.library.database import check_library_file
 from esper_es.library.recorder import KernelRecorder, recorder_for
-from esper_es.nn.fingerprint import (
-    fingerprint_with_digests,
-    model_fingerprint,
-    optimizer_fingerprint,
-)
 from esper_es.nn.kernels import check_kernel_config, derive_init_seed, kernel_spec
 from esper_es.nn.placement import SeedLayerSpec, place_seed_layers
 from esper_es.nn.projector import Projector
 from esper_es.nn.seed_layer import SeedLayer
-from esper_es.nn.telemetry import SeedTelemetry, counterfactual_contribution, grad_norm_ratios
+from esper_es.nn.telemetry import SeedTelemetry
 from esper_es.orchestrator import SeedOrchestrator
 from esper_es.runtime.data import batches as tensor_batches
 from esper_es.runtime.data import num_batches
 from esper_es.runtime.environment import capture_environment, configure_determinism, pin_threads
-from esper_es.runtime.rng import capture_rng_state, encode_rng_state, rng_digest
 from esper_es.store.database import MAIN, RunDatabase
+from esper_es.trainer.checkpoints import checkpoint_event, snapshot_extra
 from esper_es.trainer.compilation import KernelCompilation
-from esper_es.trainer.driver import DriverSettings, LifecycleDriver, relative_spread
+from esper_es.trainer.driver import DriverSettings, LifecycleDriver
 from esper_es.trainer.initial_weights import record_initial_weights
-from esper_es.trainer.snapshots import write_snapshot
+from esper_es.trainer.interrupts import progress_bar, stop_on_sigint
+from esper_es.trainer.replay_source import Position, ReplaySource
+from esper_es.trainer.result import TrainResult, result_of
+from esper_es.trainer.telemetry import LiveProbe, controller_telemetry, seed_stats
 
 Batch = Any
 LossFn = Callable[[nn.Module, Batch], Tensor]
@@ -98,82 +94,6 @@ StepHook = Callable[["Trainer", int], None]
 _DEFAULT: Any = object()
 
 
-@attrs.frozen
-class Position:
-    """Where a restored trainer stands in its epoch (see `Trainer.train_from`)."""
-
-    epoch: int
-    index: int
-    """Batches of `epoch` already trained."""
-    losses: tuple[float, ...] = ()
-    """Their losses (the epoch's mean training loss needs them)."""
-    pending: str = "none"
-    """What of the boundary at the current step is still to do: `none`, `lifecycle` (the
-    driver, controller and orchestrator) or `recorded` (the log's remaining events of it)."""
-
-
-class ReplaySource(Protocol):
-    """Where a re-executing trainer's boundaries come from (implemented in `esper_es.replay`).
-
-    `recorded`: apply the log's events at each boundary (`apply_boundary`); otherwise the
-    boundary's commands are computed live and the bus matches them against the log until it
-    is `exhausted`, then `go_live` swaps in a writing bus (resume) or `finished` ends the run.
-    """
-
-    recorded: bool
-
-    def apply_boundary(self, trainer: Trainer) -> bool:
-        """Apply the log's events of the trainer's current step; True once nothing is left."""
-        ...
-
-    def before_boundary(self, trainer: Trainer) -> None:
-        """Called before a re-computed boundary builds its commands."""
-        ...
-
-    def after_boundary(self, trainer: Trainer) -> None:
-        """Called after a re-computed boundary committed: apply what it does not re-issue."""
-        ...
-
-    def exhausted(self) -> bool:
-        """No recorded event is left to match."""
-        ...
-
-    def finished(self) -> bool:
-        """The re-execution reached its end (nothing left, and not continuing live)."""
-        ...
-
-    def go_live(self, trainer: Trainer) -> None:
-        """Switch the trainer to live commits (resume), or refuse."""
-        ...
-
-
-@attrs.frozen
-class TrainResult:
-    """What a run did: where it is, how well it does, what it grew."""
-
-    run_id: str
-    branch: str
-    head_seq: int
-    fingerprint: str
-    accuracy_start: float | None
-    accuracy_end: float | None
-    val_loss_start: float
-    val_loss_end: float
-    seeds: dict[str, int]
-    events: int
-    db: str
-    steps: int
-    epochs: int
-    interrupted: bool
-    seconds: float
-    diverged: str | None = None
-    """Why the run diverged (a non-finite loss), if it did: it stopped there."""
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict (what `esper-es train --json` prints)."""
-        return attrs.asdict(self)
-
-
 def default_optimizer(config: RunConfig) -> OptimizerFactory:
     """The `[train]` section's optimizer over the host's parameters."""
     t = config.train
@@ -184,27 +104,6 @@ def default_optimizer(config: RunConfig) -> OptimizerFactory:
         return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
 
     return make
-
-
-class _Probe:
-    """The driver's measurements on the live model (see `trainer.driver.SeedProbe`)."""
-
-    def __init__(self, trainer: Trainer) -> None:
-        self.t = trainer
-
-    def improvement(self, seed: str) -> float:
-        # The paired advantage (loss without vs with the seed, same batches) rather than the
-        # EMA's drift since TRAINING began: late in training the drift is batch noise and the
-        # host's own progress, while the paired comparison isolates what the seed adds.
-        signal = self.t.seed_telemetry.signals.get(seed)
-        return signal.advantage if signal is not None else 0.0
-
-    def contribution(self, seed: str) -> float:
-        t = self.t
-        return counterfactual_contribution(t.model, seed, t.contribution_batch, t.neg_loss)
-
-    def instability(self, seed: str) -> float:
-        return relative_spread(self.t.recent_losses)
 
 
 class Trainer:
@@ -471,7 +370,7 @@ class Trainer:
             self.id_sources["driver"],
         )
         self._new_id = self.id_sources["trainer"]
-        self._probe = _Probe(self)
+        self._probe = LiveProbe(self)
 
     def _start_boundary(self) -> None:
         """Boundary 0: the run, its seed layers, the host's starting quality, a checkpoint."""
@@ -689,7 +588,7 @@ class Trainer:
     def _boundary(
         self,
         facts: list[c.Command],
-        probe: _Probe,
+        probe: LiveProbe,
         *,
         lifecycle: bool = True,
         controller: bool = False,
@@ -775,57 +674,11 @@ class Trainer:
         return [self.bus.seed(s) for layer in self.layers.values() for s in layer.seed_ids()]
 
     def _stats(self) -> dict[str, SeedStats]:
-        assert self.bus is not None
-        out = {}
-        for seed in self._all_seed_states():
-            if seed.stage in KERNEL_STAGES:
-                out[seed.seed] = SeedStats(
-                    seed=seed.seed,
-                    contribution=self.driver.contributions.get(seed.seed),
-                    improvement=_Probe(self).improvement(seed.seed),
-                )
-        return out
+        return seed_stats(self)
 
     def telemetry(self) -> Telemetry:
         """The controller's view of this boundary."""
-        assert self.bus is not None
-        ratios = grad_norm_ratios(self.model)
-        layers = []
-        for name, layer in self.layers.items():
-            views = []
-            for seed_id in layer.seed_ids():
-                s = self.bus.seed(seed_id)
-                holds = s.stage in KERNEL_STAGES
-                views.append(
-                    SeedTelemetryView(
-                        seed=seed_id,
-                        stage=s.stage.value,
-                        alpha=s.alpha,
-                        blueprint=s.blueprint,
-                        improvement=_Probe(self).improvement(seed_id) if holds else None,
-                        contribution=self.driver.contributions.get(seed_id) if holds else None,
-                        grad_norm_ratio=ratios.get(seed_id),
-                    )
-                )
-            layers.append(
-                LayerTelemetry(
-                    name=name,
-                    num_seeds=layer.num_seeds,
-                    seeds=tuple(views),
-                    blueprints=tuple(layer.blueprints),
-                )
-            )
-        return Telemetry(
-            step=self.step,
-            epoch=self.epoch,
-            steps_per_epoch=self.steps_per_epoch(),
-            train_loss_history=tuple(self.train_loss_history[-8:]),
-            val_loss_history=tuple(self.val_loss_history[-8:]),
-            val_accuracy_history=tuple(self.val_accuracy_history[-8:]),
-            last_decision_step=self.last_decision_step,
-            decisions_this_epoch=self.decisions_this_epoch,
-            layers=tuple(layers),
-        )
+        return controller_telemetry(self)
 
     def _run_controller(self) -> None:
         assert self.controller is not None and self.orchestrator is not None
@@ -844,54 +697,11 @@ class Trainer:
         return c.RecordFact(command_id=self._new_id(), step=self.step, event=event)
 
     def _checkpoint(self, epoch: int, *, snapshot: bool, phase: str = "facts") -> c.RecordFact:
-        assert self.db is not None
-        key = None
-        if snapshot and self.writes_snapshots:
-            key = write_snapshot(
-                self.db,
-                model=self.model,
-                optimizer=self.optimizer,
-                rng_state=encode_rng_state(capture_rng_state()),
-                position={"epoch": epoch, "step": self.step},
-                extra=self.snapshot_extra(phase),
-                grads={n: p.grad for n, p in self.model.named_parameters() if p.grad is not None},
-            ).key
-        fingerprint, tensors = fingerprint_with_digests(self.model.state_dict())
-        return self._fact(
-            ev.Checkpointed(
-                epoch=epoch,
-                step=self.step,
-                fingerprint=fingerprint,
-                optimizer_fingerprint=optimizer_fingerprint(self.optimizer),
-                rng=rng_digest(),
-                snapshot=key,
-                tensors=tensors,
-            )
-        )
+        return self._fact(checkpoint_event(self, epoch, snapshot=snapshot, phase=phase))
 
     def snapshot_extra(self, phase: str) -> dict[str, Any]:
-        """The trainer's own state a resume needs besides weights, optimizer and RNG.
-
-        `phase` says what of the boundary at this step is done: `facts` (a checkpoint taken
-        while the boundary's facts are built: its lifecycle part is still to come) or `after`
-        (the whole boundary, e.g. at a Ctrl-C stop).
-        """
-        return {
-            "phase": phase,
-            "batches_done": self.batches_done,
-            "epoch_losses": list(self.epoch_losses),
-            "train_loss_history": self.train_loss_history,
-            "val_loss_history": self.val_loss_history,
-            "val_accuracy_history": self.val_accuracy_history,
-            "last_decision_step": self.last_decision_step,
-            "decisions_this_epoch": self.decisions_this_epoch,
-            "recent_losses": list(self.recent_losses),
-            "contributions": dict(sorted(self.driver.contributions.items())),
-            "signals": {
-                seed: [s.first, s.ema_with, s.ema_without, s.updates]
-                for seed, s in sorted(self.seed_telemetry.signals.items())
-            },
-        }
+        """The trainer's own state a resume needs besides weights, optimizer and RNG."""
+        return snapshot_extra(self, phase)
 
     def _stopped(self, reason: str) -> c.RecordFact:
         return self._fact(ev.TrainingStopped(epoch=self.epoch, step=self.step, reason=reason))
@@ -899,72 +709,17 @@ class Trainer:
     # --- the end --------------------------------------------------------------------------
 
     def _result(self, interrupted: bool, started: float) -> TrainResult:
-        assert self.db is not None and self.bus is not None
-        stages = Counter(s.stage.value for s in self._all_seed_states())
-        head = self.db.head_seq(self.bus.branch)
-        return TrainResult(
-            run_id=self.run_id,
-            branch=self.bus.branch,
-            head_seq=head,
-            fingerprint=model_fingerprint(self.model),
-            accuracy_start=self.val_accuracy_history[0] if self.val_accuracy_history else None,
-            accuracy_end=self.val_accuracy_history[-1] if self.val_accuracy_history else None,
-            val_loss_start=self.val_loss_history[0],
-            val_loss_end=self.val_loss_history[-1],
-            seeds=dict(sorted(stages.items())),
-            events=head,
-            db=str(self.db_path),
-            steps=self.step,
-            epochs=self.epoch,
-            interrupted=interrupted,
-            seconds=time.perf_counter() - started,
-            diverged=self.divergence,
-        )
+        return result_of(self, interrupted, started)
 
     # --- plumbing -------------------------------------------------------------------------
 
     def _sigint(self) -> Any:
-        trainer = self
-
-        class _Handler:
-            def __enter__(self) -> None:
-                self.previous: Any = None
-                if threading.current_thread() is threading.main_thread():
-
-                    def handle(signum: int, frame: FrameType | None) -> None:
-                        trainer._stop = True
-
-                    self.previous = signal.signal(signal.SIGINT, handle)
-
-            def __exit__(self, *exc: object) -> None:
-                if self.previous is not None:
-                    signal.signal(signal.SIGINT, self.previous)
-
-        return _Handler()
+        return stop_on_sigint(self)
 
     def _progress_bar(self, total: int | None) -> Callable[[int | None, float | None], None] | None:
-        if not (self.progress and sys.stderr.isatty()):
-            return None
-        from rich.progress import Progress
-
-        bar = Progress(transient=True)
-        bar.start()
-        task = bar.add_task("training", total=total)
-
-        def update(step: int | None, loss: float | None) -> None:
-            if step is None:
-                bar.stop()
-                return
-            bar.update(task, completed=step, description=f"epoch {self.epoch} loss {loss:.4f}")
-
-        return update
+        return progress_bar(self, total)
 
 
 def _batch_len(batch: Batch) -> int:
     first = batch[0] if isinstance(batch, tuple | list) else batch
     return len(first)
-
-
-def seed_counts(states: Mapping[str, Any]) -> dict[str, int]:
-    """Seeds per stage name."""
-    return dict(sorted(Counter(s.stage.value for s in states.values()).items()))
