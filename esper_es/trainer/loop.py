@@ -67,13 +67,13 @@ from esper_es.nn.projector import Projector
 from esper_es.nn.seed_layer import SeedLayer
 from esper_es.nn.telemetry import SeedTelemetry
 from esper_es.orchestrator import SeedOrchestrator
-from esper_es.runtime.data import batches as tensor_batches
-from esper_es.runtime.data import num_batches
 from esper_es.runtime.environment import capture_environment, configure_determinism, pin_threads
 from esper_es.store.database import MAIN, RunDatabase
+from esper_es.trainer import batches as batching
 from esper_es.trainer.checkpoints import checkpoint_event, snapshot_extra
 from esper_es.trainer.compilation import KernelCompilation
 from esper_es.trainer.driver import DriverSettings, LifecycleDriver
+from esper_es.trainer.ids import RunIds
 from esper_es.trainer.initial_weights import record_initial_weights
 from esper_es.trainer.interrupts import progress_bar, stop_on_sigint
 from esper_es.trainer.replay_source import Position, ReplaySource
@@ -173,14 +173,8 @@ class Trainer:
         self.last_decision_step: int | None = None
         self.decisions_this_epoch = 0
         self._stop = False
-        self.id_sources: dict[str, IdSource] = {
-            # "compiler" issues the KernelCompiled facts' ids: when a background compile
-            # finishes is not reproducible, so they must not shift the other sources' counts.
-            p: self._ids(p)
-            for p in ("orchestrator", "driver", "trainer", "compiler")
-        }
-        #: Branch id prefix -> main's prefix of the same source (see `use_branch_ids`).
-        self._main_prefixes: dict[str, str] = {}
+        self.ids = RunIds(self.master_seed)
+        self.id_sources: dict[str, IdSource] = self.ids.sources
         self.replay_source: ReplaySource | None = None
         self.writes_snapshots = True
         #: Whether steps measure the seed signals the lifecycle driver reads. A replay that
@@ -237,26 +231,15 @@ class Trainer:
         return -float(self.loss_fn(model, batch))
 
     def _ids(self, purpose: str, branch: str = MAIN) -> IdSource:
-        tags: tuple[str, ...] = (purpose,) if branch == MAIN else (purpose, "branch", branch)
-        return IdSource(random.Random(derive_seed(self.master_seed, "ids", *tags)))
+        return self.ids.source(purpose, branch)
 
     def use_branch_ids(self, branch: str) -> None:
-        """Issue ids with `branch`'s prefixes from now on, keeping every source's count.
-
-        A branch re-running main's commands must not reuse main's event ids (the database
-        keeps them unique), yet a kernel germinated on it must get the init seed main would
-        give it: `canonical_id` maps a branch id back to main's for that derivation.
-        """
-        for purpose, source in self.id_sources.items():
-            prefix = self._ids(purpose, branch).prefix
-            self._main_prefixes[prefix] = self._ids(purpose).prefix
-            source.prefix = prefix
+        """Issue ids with `branch`'s prefixes from now on (see `esper_es.trainer.ids`)."""
+        self.ids.use_branch(branch)
 
     def canonical_id(self, command_id: str) -> str:
         """`command_id` as main would have issued it (unchanged on main)."""
-        prefix, sep, count = command_id.rpartition("-")
-        main = self._main_prefixes.get(prefix)
-        return f"{main}{sep}{count}" if main is not None else command_id
+        return self.ids.canonical(command_id)
 
     def _germination(
         self, seed: str, blueprint: str, command_id: str
@@ -271,46 +254,16 @@ class Trainer:
 
     def steps_per_epoch(self) -> int:
         """Optimizer steps per epoch (0 if the data is not sized)."""
-        data = self.train_data
-        if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], Tensor):
-            return num_batches(len(data[0]), self.config.train.batch_size)
-        return len(data) if isinstance(data, Sequence) else 0
+        return batching.steps_per_epoch(self.train_data, self.config.train.batch_size)
 
     def _epoch_batches(self, epoch: int) -> Iterator[Batch]:
-        data = self.train_data
-        if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], Tensor):
-            x, y = data
-            yield from tensor_batches(x, y, self.config.train.batch_size, self.master_seed, epoch)
-        elif callable(data):
-            yield from data(epoch)
-        else:
-            yield from data
-
-    def _val_batches(self) -> Iterator[Batch]:
-        data = self.val_data
-        if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], Tensor):
-            x, y = data
-            size = self.config.train.val_batch_size
-            for i in range(0, len(x), size):
-                yield (x[i : i + size], y[i : i + size])
-        else:
-            yield from data
+        size = self.config.train.batch_size
+        return batching.epoch_batches(self.train_data, size, self.master_seed, epoch)
 
     def evaluate(self) -> tuple[float, float | None]:
         """(mean validation loss, mean validation metric), without side effects."""
-        from esper_es.nn.telemetry import quiet_eval
-
-        total, loss_sum, metric_sum = 0, 0.0, 0.0
-        with quiet_eval(self.model):
-            for batch in self._val_batches():
-                n = _batch_len(batch)
-                loss_sum += float(self.loss_fn(self.model, batch)) * n
-                if self.metric_fn is not None:
-                    metric_sum += float(self.metric_fn(self.model, batch)) * n
-                total += n
-        if total == 0:
-            raise ValueError("the validation data is empty")
-        return loss_sum / total, (metric_sum / total if self.metric_fn is not None else None)
+        val = batching.val_batches(self.val_data, self.config.train.val_batch_size)
+        return batching.evaluate(self.model, val, self.loss_fn, self.metric_fn)
 
     # --- the run --------------------------------------------------------------------------
 
@@ -718,8 +671,3 @@ class Trainer:
 
     def _progress_bar(self, total: int | None) -> Callable[[int | None, float | None], None] | None:
         return progress_bar(self, total)
-
-
-def _batch_len(batch: Batch) -> int:
-    first = batch[0] if isinstance(batch, tuple | list) else batch
-    return len(first)
