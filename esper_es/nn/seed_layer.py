@@ -71,13 +71,14 @@ class SeedLayer(nn.Module):
         self._target: list[float] = [0.0] * num_seeds
         self._override: dict[int, float] = {}
         self._plan: tuple[PlanEntry, ...] = ()
+        self._seed_ids = tuple(f"{name}/{i}" for i in range(self.num_seeds))
         self.register_load_state_dict_post_hook(_after_load)  # type: ignore[no-untyped-call]
 
     # --- slots ----------------------------------------------------------------------------
 
     def seed_ids(self) -> tuple[str, ...]:
         """Ids of this layer's seeds, `<layer>/<index>`."""
-        return tuple(f"{self.name}/{i}" for i in range(self.num_seeds))
+        return self._seed_ids
 
     def index_of(self, seed: str) -> int:
         """Slot index of seed id `<layer>/<index>`; raises KeyError for another layer's seed."""
@@ -89,6 +90,13 @@ class SeedLayer(nn.Module):
     def stage(self, index: int) -> Stage:
         """The stage of slot `index`."""
         return self._stage[index]
+
+    def kernel_slots(self, stage: Stage) -> list[int]:
+        """Ascending indices of the slots holding a kernel in `stage`.
+
+        Walks the kernels, not the slots: a layer of 128 dormant slots costs nothing here.
+        """
+        return sorted(i for i in map(int, self.kernels._modules) if self._stage[i] is stage)
 
     def alpha(self, index: int) -> float:
         """The blend factor of slot `index`."""

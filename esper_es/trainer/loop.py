@@ -499,9 +499,9 @@ class Trainer:
         every = self.config.driver.observe_every
         if self.measures_telemetry and (self.step + 1) % every == 0:
             for layer in self.layers.values():
-                for i, seed in enumerate(layer.seed_ids()):
-                    if layer.stage(i) is Stage.TRAINING:
-                        self.seed_telemetry.observe(self.model, seed, batch, self.loss_fn)
+                for i in layer.kernel_slots(Stage.TRAINING):
+                    seed = f"{layer.name}/{i}"
+                    self.seed_telemetry.observe(self.model, seed, batch, self.loss_fn)
         return value
 
     def _train_seeds_on_own_loss(self, batch: Batch) -> None:
@@ -517,10 +517,9 @@ class Trainer:
         exactly as without the seed (L8).
         """
         for layer in self.layers.values():
-            for i in range(layer.num_seeds):
+            for i in layer.kernel_slots(Stage.TRAINING):
                 kernel = layer.kernel(i)
-                if kernel is None or layer.stage(i) is not Stage.TRAINING:
-                    continue
+                assert kernel is not None  # a TRAINING slot holds its kernel (L4)
                 params = [p for p in kernel.parameters() if p.requires_grad]
                 modes = [(m, m.training) for m in self.model.modules()]
                 try:
@@ -555,7 +554,7 @@ class Trainer:
             commands = []
         if lifecycle:
             commands += self.compilation.facts()
-            commands += self.driver.commands(self.step, self._all_seed_states(), probe)
+            commands += self.driver.commands(self.step, self._touched_seed_states(), probe)
             every = self.config.train.controller_every_steps
             if self.controller is not None and (
                 controller or (every > 0 and self.step % every == 0)
@@ -621,6 +620,17 @@ class Trainer:
             if any(isinstance(e, ev.AdaptationDecided) for e in o.events):
                 self.last_decision_step = self.step
                 self.decisions_this_epoch += 1
+
+    def _touched_seed_states(self) -> list[Any]:
+        """The live states of the seeds that have events, in layer and slot order.
+
+        A seed without events is DORMANT and nothing at a boundary acts on it (the driver waits
+        for a decision, stats cover kernels only): with many dormant slots, building their
+        states every boundary was most of its cost (B1, 128 slots per layer).
+        """
+        assert self.bus is not None
+        known = self.bus.seeds
+        return [known[s] for layer in self.layers.values() for s in layer.seed_ids() if s in known]
 
     def _all_seed_states(self) -> list[Any]:
         assert self.bus is not None

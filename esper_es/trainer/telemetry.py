@@ -39,7 +39,7 @@ def seed_stats(trainer: Trainer) -> dict[str, SeedStats]:
     """What the orchestrator's strategies read of each seed holding a kernel."""
     assert trainer.bus is not None
     out = {}
-    for seed in trainer._all_seed_states():
+    for seed in trainer._touched_seed_states():
         if seed.stage in KERNEL_STAGES:
             out[seed.seed] = SeedStats(
                 seed=seed.seed,

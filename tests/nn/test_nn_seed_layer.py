@@ -213,3 +213,18 @@ def test_state_dict_round_trip_restores_stages_and_alphas() -> None:
     c = SeedLayer("l", "vector", 3, 2)
     with pytest.raises(RuntimeError, match="project the events first"):
         c.load_state_dict(a.state_dict(), strict=False)
+
+
+def test_kernel_slots_lists_the_kernels_in_a_stage_only() -> None:
+    layer = SeedLayer("l", "image", 3, 128)
+    log = Log()
+    log.register(layer)
+    for seed in ("l/7", "l/100", "l/3"):
+        log.germinate(seed, layer.blueprints[0], init_seed=1)
+    log.walk("l/100", "start_training")
+    log.walk("l/3", "start_training")
+    Projector(layer).apply_all(log.pairs())
+    assert layer.kernel_slots(Stage.TRAINING) == [3, 100]
+    assert layer.kernel_slots(Stage.GERMINATED) == [7]
+    assert layer.kernel_slots(Stage.DORMANT) == []  # dormant slots hold no kernel
+    assert layer.seed_ids()[100] == "l/100" and len(layer.seed_ids()) == 128
