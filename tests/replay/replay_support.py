@@ -22,8 +22,14 @@ def copy_db(src: Path, dst: Path) -> Path:
     return dst
 
 
-def rewrite_payload(path: Path, seq: int, change: Callable[[dict[str, Any]], None]) -> None:
-    """Change one stored payload and re-chain every hash from it on (a forged, valid file)."""
+def rewrite_payload(
+    path: Path,
+    seq: int,
+    change: Callable[[dict[str, Any]], None],
+    schema_version: int | None = None,
+) -> None:
+    """Change one stored payload (and its schema version, if given) and re-chain every hash
+    from it on (a forged, valid file; or an old version's row)."""
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         trigger_sql = [
@@ -42,6 +48,8 @@ def rewrite_payload(path: Path, seq: int, change: Callable[[dict[str, Any]], Non
         )
         change(payload)
         conn.execute("UPDATE events SET payload=? WHERE seq=?", (canonical_json(payload), seq))
+        if schema_version is not None:
+            conn.execute("UPDATE events SET schema_version=? WHERE seq=?", (schema_version, seq))
         rows = conn.execute(
             "SELECT seq, event_id, run_id, branch, stream, stream_version, type, schema_version,"
             " payload, causation_id, correlation_id, recorded_at, prev_hash FROM events"

@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from replay_support import rewrite_payload
 
@@ -14,8 +15,7 @@ from esper_es.config import RunConfig
 from esper_es.core.canonical import canonical_json
 from esper_es.errors import EXIT_VERIFY
 from esper_es.replay import replay
-from esper_es.store.chain import row_hash
-from esper_es.store.database import TRIGGERS, RunDatabase, audit_path
+from esper_es.store.database import RunDatabase, audit_path
 from esper_es.trainer import built_in
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,39 +31,11 @@ def esper(*argv: object) -> subprocess.CompletedProcess[str]:
 
 def as_run_started_v1(path: Path) -> None:
     """Rewrite seq 1 into a RunStarted v1 (no host, no initial weights), re-chained."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        saved = [
-            r[0]
-            for r in conn.execute(
-                "SELECT sql FROM sqlite_master WHERE type='trigger' AND name IN"
-                f" ({','.join('?' * len(TRIGGERS))})",
-                TRIGGERS,
-            )
-        ]
-        conn.execute("BEGIN")
-        for name in TRIGGERS:
-            conn.execute(f"DROP TRIGGER IF EXISTS {name}")
-        payload = json.loads(conn.execute("SELECT payload FROM events WHERE seq=1").fetchone()[0])
+
+    def strip(payload: dict[str, Any]) -> None:
         del payload["host"], payload["initial_weights"]
-        conn.execute(
-            "UPDATE events SET payload=?, schema_version=1 WHERE seq=1", (canonical_json(payload),)
-        )
-        rows = conn.execute(
-            "SELECT seq, event_id, run_id, branch, stream, stream_version, type, schema_version,"
-            " payload, causation_id, correlation_id, recorded_at, prev_hash FROM events"
-            " ORDER BY seq"
-        ).fetchall()
-        prev = rows[0][-1]
-        for r in rows:
-            h = row_hash(prev, *r[:-1])
-            conn.execute("UPDATE events SET prev_hash=?, hash=? WHERE seq=?", (prev, h, r[0]))
-            prev = h
-        for sql in saved:
-            conn.execute(sql)
-        conn.execute("COMMIT")
-    finally:
-        conn.close()
+
+    rewrite_payload(path, 1, strip, schema_version=1)
 
 
 def rechain_audit(path: Path) -> None:
