@@ -18,7 +18,14 @@ from typing import Any, NoReturn
 
 from esper_es import __version__
 from esper_es.cli import sign as sign_cli
-from esper_es.errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, EsperError, TamperDetected
+from esper_es.errors import (
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_USAGE,
+    EsperError,
+    StorageError,
+    TamperDetected,
+)
 
 EXIT_INTERRUPTED = 130
 
@@ -409,11 +416,28 @@ def cmd_check_lifecycle(args: argparse.Namespace) -> int:
 
 def cmd_diagram(args: argparse.Namespace) -> int:
     """The lifecycle as a state diagram, from the definition the code runs."""
-    from esper_es.diagram import lifecycle_diagram
+    from esper_es.diagram import FORMATS, lifecycle_diagram
 
-    text = lifecycle_diagram(args.format).rstrip("\n")
-    # `--json` promises one JSON object on stdout for every command, this one included.
-    _emit(args, {"format": args.format, "diagram": text}, lambda: print(text))
+    if args.format in FORMATS:
+        if args.out:
+            raise UsageError("diagram: --out is for the image formats png and svg")
+        text = lifecycle_diagram(args.format).rstrip("\n")
+        # `--json` promises one JSON object on stdout for every command, this one included.
+        _emit(args, {"format": args.format, "diagram": text}, lambda: print(text))
+        return EXIT_OK
+    from esper_es.diagram_image import lifecycle_image
+
+    if not args.out:
+        raise UsageError(f"diagram: --format {args.format} is an image: give --out FILE")
+    data = lifecycle_image(args.format)
+    try:
+        Path(args.out).write_bytes(data)
+    except OSError as exc:
+        raise StorageError(
+            str(args.out), f"cannot write the image ({exc.strerror or exc})"
+        ) from None
+    obj = {"format": args.format, "out": str(args.out), "bytes": len(data)}
+    _emit(args, obj, lambda: print(f"wrote {args.out} ({len(data)} bytes, {args.format})"))
     return EXIT_OK
 
 
@@ -579,7 +603,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--examples", type=_count, default=200)
     sp.add_argument("--seed", type=_natural, help="derandomise with this seed")
     sp = add("diagram", cmd_diagram, "the lifecycle as a state diagram")
-    sp.add_argument("--format", choices=("mermaid", "dot"), default="mermaid")
+    sp.add_argument(
+        "--format",
+        choices=("mermaid", "dot", "png", "svg"),
+        default="mermaid",
+        help="text source (mermaid, dot) on stdout, or an image (png, svg) written to --out",
+    )
+    sp.add_argument("--out", help="where the png or svg image goes")
     return p
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from esper_es.core.lifecycle import LIFECYCLE_TRIGGERS, Stage
-from esper_es.errors import EXIT_OK, EXIT_USAGE
+from esper_es.errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE
 
 
 @pytest.mark.parametrize("fmt", ["mermaid", "dot"])
@@ -42,9 +42,68 @@ def test_diagram_json_is_one_object(cli) -> None:
 
 
 def test_invalid_format_is_a_usage_error(cli) -> None:
+    r = cli("diagram", "--format", "gif")
+    assert r.code == EXIT_USAGE
+    assert "gif" in r.err
+    assert r.out == ""
+    obj = cli("diagram", "--format", "gif", "--json").json()
+    assert obj["error"] == "UsageError"
+
+
+@pytest.mark.parametrize("fmt", ["png", "svg"])
+def test_image_formats_write_a_file_drawn_from_the_machine(cli, tmp_path, fmt: str) -> None:
+    out = tmp_path / f"lifecycle.{fmt}"
+    r = cli("diagram", "--format", fmt, "--out", str(out), "--json")
+    assert r.code == EXIT_OK, r.err
+    obj = r.json()
+    assert obj["out"] == str(out)
+    data = out.read_bytes()
+    assert obj["bytes"] == len(data)
+    if fmt == "png":
+        assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    else:
+        text = data.decode()
+        assert "<svg" in text
+        # Text stays text in the SVG, so every state and trigger can be found in it.
+        for stage in Stage:
+            assert stage.value in text, stage
+        for trigger in LIFECYCLE_TRIGGERS:
+            assert trigger in text, trigger
+
+
+def test_svg_is_reproducible(cli, tmp_path) -> None:
+    a, b = tmp_path / "a.svg", tmp_path / "b.svg"
+    assert cli("diagram", "--format", "svg", "--out", str(a)).code == EXIT_OK
+    assert cli("diagram", "--format", "svg", "--out", str(b)).code == EXIT_OK
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_image_without_out_is_a_usage_error(cli) -> None:
     r = cli("diagram", "--format", "png")
     assert r.code == EXIT_USAGE
-    assert "png" in r.err
+    assert "--out" in r.err
     assert r.out == ""
-    obj = cli("diagram", "--format", "png", "--json").json()
-    assert obj["error"] == "UsageError"
+
+
+def test_out_with_a_text_format_is_a_usage_error(cli, tmp_path) -> None:
+    r = cli("diagram", "--format", "dot", "--out", str(tmp_path / "x.dot"))
+    assert r.code == EXIT_USAGE
+    assert not (tmp_path / "x.dot").exists()
+
+
+def test_unwritable_out_is_one_line_exit_1(cli, tmp_path) -> None:
+    r = cli("diagram", "--format", "png", "--out", str(tmp_path / "no" / "such" / "x.png"))
+    assert r.code == EXIT_ERROR
+    assert r.err.count("\n") <= 1
+    assert "x.png" in r.err
+
+
+def test_layout_puts_the_happy_path_on_top() -> None:
+    from esper_es.diagram_image import lifecycle_layout
+
+    pos = lifecycle_layout()
+    assert set(pos) == {s.value for s in Stage}
+    top = [s for _, s in sorted((x, s) for s, (x, y) in pos.items() if y == 0.0)]
+    assert (top[0], top[-1]) == ("DORMANT", "FOSSILIZED")
+    # No two boxes share a place.
+    assert len(set(pos.values())) == len(pos)
