@@ -389,13 +389,20 @@ def _progress(total: int) -> Callable[[int, int], None]:
 
 def cmd_check_lifecycle(args: argparse.Namespace) -> int:
     """Property-test the lifecycle and the gates of a config."""
-    from esper_es.check_lifecycle import check_lifecycle
+    import tempfile
+
     from esper_es.config import load_config
 
     config = load_config(args.config)
     if args.examples < 1:
         raise UsageError("--examples must be at least 1")
-    result = check_lifecycle(config.lifecycle, examples=args.examples, seed=args.seed)
+    # hypothesis caches into ./.hypothesis by default, which a command line tool must not
+    # leave in the user's directory; a user who sets the variable keeps their own place.
+    with tempfile.TemporaryDirectory(prefix="esper-es-hypothesis-") as scratch:
+        os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", scratch)
+        from esper_es.check_lifecycle import check_lifecycle
+
+        result = check_lifecycle(config.lifecycle, examples=args.examples, seed=args.seed)
     obj = {
         "passed": result.passed,
         "examples": result.examples,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -119,3 +122,17 @@ def test_a_failing_invariant_exits_3_with_its_counterexample(
         "invariant": "L2",
         "counterexample": "germinate, ..., fossilize, cull -> CULLED",
     }
+
+
+def test_command_leaves_nothing_in_the_working_directory(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "HYPOTHESIS_STORAGE_DIRECTORY"}
+    r = subprocess.run(
+        [sys.executable, "-m", "esper_es.cli.main", "check-lifecycle", "--examples", "5"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == EXIT_OK, r.stderr
+    assert list(tmp_path.iterdir()) == []
