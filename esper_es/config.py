@@ -26,7 +26,7 @@ from attrs import validators as v
 from esper_es.controller import ControllerConfig
 from esper_es.core.blending import BLEND_KINDS
 from esper_es.core.config import LifecycleConfig
-from esper_es.errors import ConfigError
+from esper_es.errors import ConfigError, ConfigFileError
 from esper_es.numerics import MODES, NATIVE
 
 _POSITIVE = [v.instance_of(int), v.ge(1)]
@@ -311,9 +311,11 @@ def load_config(path: str | Path | None) -> RunConfig:
     try:
         data = tomllib.loads(p.read_text("utf-8"))
     except FileNotFoundError:
-        raise ConfigError(str(p), "config file not found") from None
+        raise ConfigFileError(str(p), "not found") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise ConfigFileError(str(p), f"cannot be read ({exc.__class__.__name__})") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(p), f"not valid TOML: {exc}") from None
+        raise ConfigFileError(str(p), f"not valid TOML: {exc}") from None
     return config_from_dict(data)
 
 

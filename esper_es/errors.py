@@ -29,6 +29,26 @@ class ConfigError(EsperError):
         super().__init__(f"config key {key!r}: {problem}")
 
 
+class ConfigFileError(ConfigError):
+    """The run config file itself cannot be used: missing, unreadable or not TOML."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        EsperError.__init__(self, f"config file {path}: {problem}")
+        self.key = path
+        self.problem = problem
+
+
+class UnknownBranch(EsperError):
+    """A command names a branch the run database does not have; lists the ones it has."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        self.known = known
+        super().__init__(f"no branch {name!r}; branches: {', '.join(known)}")
+
+
 class UnknownBlueprint(EsperError):
     """A command names a blueprint that is not registered or does not fit the layer."""
 

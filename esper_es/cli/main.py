@@ -25,6 +25,7 @@ from esper_es.errors import (
     EsperError,
     StorageError,
     TamperDetected,
+    UnknownBranch,
 )
 
 EXIT_INTERRUPTED = 130
@@ -113,31 +114,51 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_history(args: argparse.Namespace) -> int:
     """The audit timeline, with causes."""
-    from esper_es.cli.history import summary, timeline
+    from esper_es.cli import history
     from esper_es.store.database import RunDatabase
 
+    types = history.check_types(args.type)
+    if args.limit is not None and args.tail is not None:
+        raise UsageError("history: --limit and --tail cannot be combined")
+    if args.follow and (args.json or args.limit is not None):
+        raise UsageError("history: --follow streams rows; it takes neither --json nor --limit")
     with RunDatabase.open(args.db, readonly=True) as db:
         branch = args.branch
-        db.branch(branch)
+        _known_branch(db, branch)
+        history.check_stream(db, args.stream, branch)
         rows = list(
-            timeline(db, branch=branch, stream=args.stream, type_name=args.type, limit=args.limit)
-        )
-        obj = {**_run_fields(db, branch), "events": rows, "branches": _branches(db)}
-
-    def text() -> None:
-        for r in rows:
-            cause = f" ← {r['causation_id']}" if r["causation_id"] else ""
-            corr = f" [{r['correlation_id']}]" if r["correlation_id"] else ""
-            if r["branch"] != "main":
-                corr += f" (branch {r['branch']})"
-            print(
-                f"{r['seq']:>7} step {r['step'] if r['step'] is not None else '-':>6}  "
-                f"{r['stream']:<22} {r['type']:<24} {summary(r)}{cause}{corr}"
+            history.timeline(
+                db, branch=branch, stream=args.stream, types=types, limit=args.limit, tail=args.tail
             )
-        print(f"-- {len(rows)} events on branch {branch}")
-
-    _emit(args, obj, text)
+        )
+        head = db.head_seq(branch)
+        if args.json:
+            obj = {**_run_fields(db, branch), "events": rows, "branches": _branches(db)}
+            _emit(args, obj, lambda: None)
+            return EXIT_OK
+        write = history.write_rows(args.format, sys.stdout, full=args.full)
+        shown = write(rows)
+        if args.follow:
+            ended = any(
+                r["type"] == "TrainingStopped" for r in history.timeline(db, branch=branch, tail=1)
+            )
+            shown += history.follow(
+                db,
+                write,
+                branch=branch,
+                after_seq=head,
+                stream=args.stream,
+                types=types,
+                ended=ended,
+            )
+    if args.format == "table":
+        print(f"-- {history.plural(shown, 'event')} on branch {branch}")
     return EXIT_OK
+
+
+def _known_branch(db: Any, name: str) -> None:
+    if name not in {b.name for b in db.branches()}:
+        raise UnknownBranch(name, sorted(b.name for b in db.branches()))
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -146,7 +167,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from esper_es.store.database import RunDatabase
 
     with RunDatabase.open(args.db, readonly=True) as db:
-        db.branch(args.branch)
+        _known_branch(db, args.branch)
+        head = db.head_seq(args.branch)
+        if args.at is not None and args.at > head:
+            # Showing the head for a seq the branch never reached would answer another question.
+            raise UsageError(
+                f"inspect: --at {args.at} is past the head of {args.branch} (seq {head})"
+            )
         view = lifecycle_at(db, args.at, args.branch)
         obj = {**_run_fields(db, args.branch, view["fingerprint"]), **view}
     if args.at is not None:
@@ -585,11 +612,27 @@ def build_parser() -> argparse.ArgumentParser:
     sign_cli.verify_options(sp)
     sign_cli.register(add)
     sp = add("history", cmd_history, "the audit timeline, with causes")
-    sp.add_argument("db")
-    sp.add_argument("--stream", help="only this stream, e.g. seed:layer1/0")
-    sp.add_argument("--type", help="only events of this type, e.g. SeedGerminated")
-    sp.add_argument("--branch", default="main")
-    sp.add_argument("--limit", type=_count)
+    sp.add_argument("db", help="run database")
+    sp.add_argument("--stream", help="only this stream, e.g. seed:layer1/0 (checked: must exist)")
+    sp.add_argument(
+        "--type",
+        action="append",
+        metavar="TYPE",
+        help="only events of this type, e.g. SeedGerminated; repeat for several",
+    )
+    sp.add_argument("--branch", default="main", help="branch to read (default: main)")
+    sp.add_argument("--limit", type=_count, metavar="N", help="only the first N events")
+    sp.add_argument("--tail", type=_count, metavar="N", help="only the last N events")
+    sp.add_argument("--full", action="store_true", help="untruncated reasons, telemetry and causes")
+    sp.add_argument(
+        "--format",
+        choices=("table", "json", "csv"),
+        default="table",
+        help="table (fits the terminal), json (one event per line) or csv (default: table)",
+    )
+    sp.add_argument(
+        "--follow", action="store_true", help="keep printing a live run's events until it stops"
+    )
     sp = add("inspect", cmd_inspect, "seed states, alphas and fingerprint at a point")
     sp.add_argument("db")
     sp.add_argument(
@@ -654,7 +697,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fail(want_json, type(failure).__name__, str(failure), failure.exit_code, {})
         return failure.exit_code
     except (OSError, KeyError, ValueError) as exc:
-        _fail(want_json, type(exc).__name__, str(exc), EXIT_ERROR, {})
+        # str() of a KeyError is its repr, quotes and all; the message is its argument.
+        text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+        _fail(want_json, type(exc).__name__, text, EXIT_ERROR, {})
         return EXIT_ERROR
     except Exception as exc:
         # The last resort: no path lets a traceback reach the user (SPEC §9). Anything here

@@ -77,7 +77,10 @@ def test_unknown_key_lists_the_known_ones(cli, tmp_path: Path) -> None:
 def test_missing_config_file(cli, tmp_path: Path) -> None:
     r = cli("check-lifecycle", "--config", tmp_path / "nope.toml", "--json")
     assert r.code == EXIT_USAGE
-    assert "not found" in r.json()["message"]
+    assert r.json()["message"] == f"config file {tmp_path / 'nope.toml'}: not found"
+    directory = cli("check-lifecycle", "--config", tmp_path)
+    assert directory.code == EXIT_USAGE
+    assert "cannot be read" in directory.err
 
 
 def test_config_that_is_not_toml(cli, tmp_path: Path) -> None:

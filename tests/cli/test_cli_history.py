@@ -9,7 +9,8 @@ import pytest
 
 from esper_es.command_bus import CommandBus
 from esper_es.core import commands as c
-from esper_es.errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE
+from esper_es.core import events as ev
+from esper_es.errors import EXIT_OK, EXIT_USAGE
 from esper_es.store.database import RunDatabase
 
 GERMINATE_ID = "cmd-germinate-0001"
@@ -104,7 +105,8 @@ def test_history_records_refusals_on_the_controller_stream(cli, small_run: Path)
     assert [e["causation_id"] for e in seed["events"]] == [GERMINATE_ID, TRAIN_ID]
 
 
-def test_history_text_shows_cause_and_refusal_reason(cli, small_run: Path) -> None:
+def test_history_text_shows_cause_and_refusal_reason(cli, small_run: Path, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "160")
     r = cli("history", small_run)
     assert r.code == EXIT_OK
     lines = r.out.splitlines()
@@ -145,14 +147,101 @@ def test_history_limit(cli, sim_db: Path) -> None:
     assert [e["seq"] for e in obj["events"]] == [1, 2, 3, 4, 5]
 
 
-def test_history_of_an_unknown_stream_or_type_is_empty(cli, sim_db: Path) -> None:
-    assert cli("history", sim_db, "--stream", "seed:nope/0", "--json").json()["events"] == []
-    assert cli("history", sim_db, "--type", "NoSuchEvent", "--json").json()["events"] == []
+def test_history_of_an_unknown_stream_lists_the_streams(cli, sim_db: Path) -> None:
+    r = cli("history", sim_db, "--stream", "sim0/3", "--json")
+    assert r.code == EXIT_USAGE
+    obj = r.json()
+    assert obj["error"] == "UnknownFilter"
+    assert "did you mean seed:sim0/3?" in obj["message"]
+    assert "run" in obj["message"]
+
+
+def test_history_of_an_unknown_type_lists_every_type(cli, sim_db: Path) -> None:
+    from esper_es.core.events import EVENT_TYPES
+
+    r = cli("history", sim_db, "--type", "NoSuchEvent")
+    assert r.code == EXIT_USAGE
+    assert r.out == ""
+    for name in EVENT_TYPES:
+        assert name in r.err
+    near = cli("history", sim_db, "--type", "seedgerminated")
+    assert near.code == EXIT_USAGE
+    assert "did you mean SeedGerminated?" in near.err
+
+
+def test_history_type_repeats(cli, sim_db: Path) -> None:
+    both = cli(
+        "history", sim_db, "--type", "SeedGerminated", "--type", "SeedCulled", "--json"
+    ).json()["events"]
+    assert {e["type"] for e in both} == {"SeedGerminated", "SeedCulled"}
+    one = cli("history", sim_db, "--type", "SeedCulled", "--json").json()["events"]
+    assert 0 < len(one) < len(both)
+
+
+def test_history_tail_is_the_last_events(cli, sim_db: Path) -> None:
+    obj = cli("history", sim_db, "--tail", "3", "--json").json()
+    assert [e["seq"] for e in obj["events"]] == [
+        obj["head_seq"] - 2,
+        obj["head_seq"] - 1,
+        obj["head_seq"],
+    ]
+    assert cli("history", sim_db, "--tail", "3", "--limit", "2").code == EXIT_USAGE
+
+
+def test_history_table_has_a_header_and_fits_the_width(cli, sim_db: Path, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "100")
+    lines = cli("history", sim_db, "--limit", "40").out.splitlines()
+    assert lines[0].split() == ["SEQ", "STEP", "STREAM", "TYPE", "DETAILS"]
+    assert max(len(line) for line in lines) <= 100
+    assert lines[-1] == "-- 40 events on branch main"
+    assert (
+        cli("history", sim_db, "--limit", "1")
+        .out.splitlines()[-1]
+        .endswith("-- 1 event on branch main")
+    )
+
+
+def test_history_full_keeps_every_character(cli, small_run: Path, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    full = cli("history", small_run, "--type", "CommandRefused", "--full").out
+    reason = cli("history", small_run, "--type", "CommandRefused", "--json").json()["events"][0][
+        "payload"
+    ]["reason"]
+    # Wrapped, not cut: the words of the reason all arrive.
+    assert "".join(reason.split()) in "".join(full.split())
+
+
+def test_history_csv_and_json_lines(cli, small_run: Path) -> None:
+    import csv
+    import io
+    import json
+
+    rows = list(csv.DictReader(io.StringIO(cli("history", small_run, "--format", "csv").out)))
+    assert [int(r["seq"]) for r in rows] == [1, 2, 3, 4, 5]
+    assert json.loads(rows[2]["payload"])["blueprint"] == "conv3x3"
+    lines = cli("history", small_run, "--format", "json").out.splitlines()
+    assert [json.loads(line)["type"] for line in lines][:3] == [
+        "RunStarted",
+        "SeedLayerRegistered",
+        "SeedGerminated",
+    ]
+
+
+def test_history_follow_of_a_finished_run_returns(cli, small_run: Path) -> None:
+    # A run whose branch has no TrainingStopped is live: following it would wait, so this
+    # checks the other half: a stopped run prints and returns at once.
+    with RunDatabase.open(small_run) as db:
+        stop = ev.TrainingStopped(epoch=1, step=7, reason="completed")
+        CommandBus(db).execute(c.RecordFact(command_id="cmd-stop", step=7, event=stop))
+    r = cli("history", small_run, "--follow", "--tail", "1")
+    assert r.code == EXIT_OK
+    assert "TrainingStopped" in r.out
+    assert cli("history", small_run, "--follow", "--json").code == EXIT_USAGE
 
 
 def test_history_unknown_branch_is_an_error(cli, sim_db: Path) -> None:
     r = cli("history", sim_db, "--branch", "nope", "--json")
-    assert r.code == EXIT_ERROR
+    assert r.code == EXIT_USAGE
     obj = r.json()
     assert "nope" in obj["message"]
     assert "main" in obj["message"]
@@ -162,3 +251,46 @@ def test_history_of_a_missing_database(cli, tmp_path: Path) -> None:
     r = cli("history", tmp_path / "missing.db", "--json")
     assert r.code == EXIT_USAGE
     assert r.json()["error"] == "NotARunDatabase"
+
+
+def test_follow_prints_events_as_they_are_committed_until_the_run_stops(
+    small_run: Path, monkeypatch
+) -> None:
+    from esper_es.cli import history
+
+    written: list[list[str]] = []
+    later: list[c.Command] = [
+        c.StartTraining(command_id="cmd-train-1", seed="layer1/1", step=8),
+        c.RecordFact(
+            command_id="cmd-stop",
+            step=9,
+            event=ev.TrainingStopped(epoch=1, step=9, reason="completed"),
+        ),
+    ]
+    polls = []
+
+    def tick(_seconds: float) -> None:
+        # Each poll, a writer commits one more boundary (here: the same thread, in order).
+        polls.append(1)
+        if len(polls) == 2:  # one poll sees nothing new
+            return
+        with RunDatabase.open(small_run) as writer:
+            CommandBus(writer).execute(later.pop(0))
+
+    monkeypatch.setattr(history.time, "sleep", tick)
+    with RunDatabase.open(small_run, readonly=True) as db:
+        n = history.follow(
+            db,
+            lambda rows: written.append([r["type"] for r in rows]) or len(rows),
+            branch="main",
+            after_seq=db.head_seq("main"),
+            stream=None,
+            types=["TrainingStopped", "CommandRefused"],
+            ended=False,
+        )
+    assert later == []
+    assert len(polls) == 3
+    # Slot 1 is dormant, so its training start was refused: that refusal passes the filter,
+    # the empty poll writes nothing, and the stop is shown and ends the follow.
+    assert written == [["CommandRefused"], ["TrainingStopped"]]
+    assert n == 2

@@ -124,3 +124,11 @@ def test_inspect_of_a_missing_database(cli, tmp_path: Path) -> None:
     r = cli("inspect", tmp_path / "missing.db", "--json")
     assert r.code == EXIT_USAGE
     assert r.json()["error"] == "NotARunDatabase"
+
+
+def test_inspect_past_the_head_is_a_usage_error(cli, sim_db) -> None:
+    head = cli("inspect", sim_db, "--json").json()["head_seq"]
+    assert cli("inspect", sim_db, "--at", head, "--json").code == EXIT_OK
+    r = cli("inspect", sim_db, "--at", head + 1)
+    assert r.code == EXIT_USAGE
+    assert f"seq {head}" in r.err

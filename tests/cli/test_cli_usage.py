@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from esper_es import __version__
-from esper_es.errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, EXIT_VERIFY
+from esper_es.errors import EXIT_OK, EXIT_USAGE, EXIT_VERIFY
 
 
 @pytest.mark.parametrize(
@@ -70,7 +70,7 @@ def _tampered(db: Path) -> Path:
         ("inspect-ok", EXIT_OK, None),
         ("verify-tampered", EXIT_VERIFY, "TamperDetected"),
         ("verify-missing", EXIT_USAGE, "NotARunDatabase"),
-        ("history-bad-branch", EXIT_ERROR, "KeyError"),
+        ("history-bad-branch", EXIT_USAGE, "UnknownBranch"),
         ("usage", EXIT_USAGE, "UsageError"),
     ],
 )
