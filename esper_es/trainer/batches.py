@@ -7,12 +7,11 @@ batches; see `esper_es.trainer.loop.TrainData`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from torch import Tensor, nn
+from torch import Tensor
 
-from esper_es.nn.telemetry import quiet_eval
 from esper_es.runtime.data import batches as tensor_batches
 from esper_es.runtime.data import num_batches
 
@@ -57,23 +56,3 @@ def batch_len(batch: Batch) -> int:
     """Examples in `batch` (the length of its first element)."""
     first = batch[0] if isinstance(batch, tuple | list) else batch
     return len(first)
-
-
-def evaluate(
-    model: nn.Module,
-    batches: Iterator[Batch],
-    loss_fn: Callable[[nn.Module, Batch], Tensor],
-    metric_fn: Callable[[nn.Module, Batch], float] | None,
-) -> tuple[float, float | None]:
-    """(mean loss, mean metric) of `model` over `batches`, without side effects."""
-    total, loss_sum, metric_sum = 0, 0.0, 0.0
-    with quiet_eval(model):
-        for batch in batches:
-            n = batch_len(batch)
-            loss_sum += float(loss_fn(model, batch)) * n
-            if metric_fn is not None:
-                metric_sum += float(metric_fn(model, batch)) * n
-            total += n
-    if total == 0:
-        raise ValueError("the validation data is empty")
-    return loss_sum / total, (metric_sum / total if metric_fn is not None else None)

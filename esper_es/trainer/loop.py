@@ -1,27 +1,18 @@
 """The trainer (SPEC §5): a deterministic training loop whose every change is an event.
 
-Training runs step by step; between steps is a *boundary*. At each boundary the trainer
-gathers commands, in this order: facts due (`EpochCompleted`, `Checkpointed`,
-`TrainingStopped`), the lifecycle driver's commands, then the orchestrator's (queued
-decisions from the controller or from users, planned against the live state); it commits them
-all with one `CommandBus.execute_all` (one transaction), settles the orchestrator's tickets,
-and projects the newly written events, in seq order, into the model and the optimizer. Nothing
-else changes the architecture. Every command carries `step` = the number of optimizer steps
-done so far.
-
-`Checkpointed` at a boundary is recorded first in its transaction: its fingerprints describe
-the model and optimizer after the step's update and before that boundary's lifecycle changes,
-i.e. exactly the state at its own seq. A snapshot, when due, is taken at the same moment.
+Training runs step by step; between steps is a *boundary*, whose protocol (facts, the
+lifecycle driver, the orchestrator, one commit, projection) is `esper_es.trainer.boundary`.
 
 Determinism: threads are pinned and deterministic algorithms switched on first; the global
 torch / `random` / numpy RNGs are seeded from the master seed; host weights, data order, kernel
 inits and command ids all come from seeds derived from it. The same config and seed give the
 same events (apart from `run_id` and `recorded_at`) and the same final fingerprint.
 
-Where the parts live: `replay_source` (the protocol a re-execution drives the trainer with),
-`checkpoints` (what `Checkpointed` records, snapshots), `telemetry` (the driver's probes and
-the controller's view), `compilation`, `interrupts` (Ctrl-C, progress), `result`; this file
-keeps the loop and the boundary protocol.
+Where the parts live: `boundary` (the boundary protocol), `step` (one optimizer step),
+`evaluation`, `batches` (the data walk), `replay_source` (the protocol a re-execution drives
+the trainer with), `checkpoints` (what `Checkpointed` records, snapshots), `telemetry` (the
+driver's probes and the controller's view), `compilation`, `interrupts` (Ctrl-C, progress),
+`ids`, `result`; this file keeps the trainer's state, its set-up and the epoch loop.
 
 Ctrl-C: a SIGINT handler (installed while `run` runs in the main thread) only sets a flag; the
 loop stops at the next boundary with a snapshot, a `Checkpointed` and
@@ -31,12 +22,11 @@ loop stops at the next boundary with a snapshot, a `Checkpointed` and
 
 from __future__ import annotations
 
-import math
 import random
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +48,6 @@ from esper_es.core.blending import BlendSchedule
 from esper_es.core.decider import layer_of
 from esper_es.core.decisions import AdaptationDecision, SeedStats
 from esper_es.core.ids import IdSource, derive_seed
-from esper_es.core.lifecycle import Stage
 from esper_es.library.database import check_library_file
 from esper_es.library.recorder import KernelRecorder, recorder_for
 from esper_es.nn.kernels import check_kernel_config, derive_init_seed, kernel_spec
@@ -67,14 +56,14 @@ from esper_es.nn.projector import Projector
 from esper_es.nn.seed_layer import SeedLayer
 from esper_es.nn.telemetry import SeedTelemetry
 from esper_es.orchestrator import SeedOrchestrator
-from esper_es.runtime.environment import capture_environment, configure_determinism, pin_threads
+from esper_es.runtime.environment import configure_determinism, pin_threads
 from esper_es.store.database import MAIN, RunDatabase
 from esper_es.trainer import batches as batching
-from esper_es.trainer.checkpoints import checkpoint_event, snapshot_extra
+from esper_es.trainer import boundary, evaluation, step
+from esper_es.trainer.checkpoints import snapshot_extra
 from esper_es.trainer.compilation import KernelCompilation
 from esper_es.trainer.driver import DriverSettings, LifecycleDriver
 from esper_es.trainer.ids import RunIds
-from esper_es.trainer.initial_weights import record_initial_weights
 from esper_es.trainer.interrupts import progress_bar, stop_on_sigint
 from esper_es.trainer.replay_source import Position, ReplaySource
 from esper_es.trainer.result import TrainResult, result_of
@@ -263,7 +252,7 @@ class Trainer:
     def evaluate(self) -> tuple[float, float | None]:
         """(mean validation loss, mean validation metric), without side effects."""
         val = batching.val_batches(self.val_data, self.config.train.val_batch_size)
-        return batching.evaluate(self.model, val, self.loss_fn, self.metric_fn)
+        return evaluation.evaluate(self.model, val, self.loss_fn, self.metric_fn)
 
     # --- the run --------------------------------------------------------------------------
 
@@ -325,38 +314,6 @@ class Trainer:
         self._new_id = self.id_sources["trainer"]
         self._probe = LiveProbe(self)
 
-    def _start_boundary(self) -> None:
-        """Boundary 0: the run, its seed layers, the host's starting quality, a checkpoint."""
-        assert self.db is not None
-        if self.replay_source is None:
-            self.initial_weights = record_initial_weights(self.db, self.model)
-        val_loss0, acc0 = self.evaluate()
-        self.val_loss_history.append(val_loss0)
-        if acc0 is not None:
-            self.val_accuracy_history.append(acc0)
-        start_cmds: list[c.Command] = [
-            c.StartRun(
-                command_id=self._new_id(),
-                run_id=self.run_id,
-                master_seed=self.master_seed,
-                config=self.config.to_dict(),
-                dataset_fingerprint=self.dataset_fingerprint,
-                environment=capture_environment(),
-                host=self.host_source,
-                initial_weights=self.initial_weights,
-            )
-        ]
-        consulted = self.recorder.consultation(layer.shape_kind for layer in self.layers.values())
-        if consulted is not None:
-            start_cmds.append(self._fact(consulted))
-        start_cmds += [layer.register_command(self._new_id()) for layer in self.layers.values()]
-        start_cmds.append(self._fact(ev.EpochCompleted(
-            epoch=0, step=0, train_loss=val_loss0, val_loss=val_loss0, val_accuracy=acc0,
-            metrics={"initial": True},
-        )))  # fmt: skip
-        start_cmds.append(self._checkpoint(0, snapshot=False))
-        self._commit(start_cmds)
-
     def train_from(self, epochs: int, at: Position | None = None) -> bool:
         """Train up to the end of `epochs`, from the start or from position `at`; True if stopped.
 
@@ -378,7 +335,9 @@ class Trainer:
                     start, losses = at.index, list(at.losses)
                     status = "continue"
                     if at.pending == "lifecycle":
-                        status = self._rest([], last_in_epoch=start == len(batches), final=False)
+                        status = boundary.rest(
+                            self, [], last_in_epoch=start == len(batches), final=False
+                        )
                     elif at.pending == "recorded" and self.replay_source is not None:
                         status = "done" if self.replay_source.apply_boundary(self) else "continue"
                     if status != "continue":
@@ -408,218 +367,35 @@ class Trainer:
                 bar(None, None)
         return interrupted
 
+    # --- the boundary protocol (esper_es.trainer.boundary) and the step (trainer.step) ----
+
+    def _start_boundary(self) -> None:
+        boundary.start_boundary(self)
+
     def _after_step(self, epoch: int, losses: list[float], last_in_epoch: bool, final: bool) -> str:
-        """The boundary after a step: `continue`, `ended`, `interrupted`, `diverged` or `done`."""
-        source = self.replay_source
-        if source is not None:
-            if source.recorded:
-                return "done" if source.apply_boundary(self) else "continue"
-            source.before_boundary(self)
-        if self.divergence is not None:
-            return self._diverged_stop()
-        facts: list[c.Command] = []
-        if last_in_epoch:
-            train_loss = sum(losses) / len(losses)
-            val_loss, acc = self.evaluate()
-            if not math.isfinite(val_loss):
-                self.divergence = f"validation loss {val_loss} at step {self.step}"
-                return self._diverged_stop()
-            self.train_loss_history.append(train_loss)
-            self.val_loss_history.append(val_loss)
-            if acc is not None:
-                self.val_accuracy_history.append(acc)
-            facts.append(self._fact(ev.EpochCompleted(
-                epoch=epoch, step=self.step, train_loss=train_loss,
-                val_loss=val_loss, val_accuracy=acc, metrics={"steps": len(losses)},
-            )))  # fmt: skip
-        if final:
-            facts.append(self._checkpoint(epoch, snapshot=True))
-            facts.append(self._stopped("completed"))
-        elif last_in_epoch:
-            every = self.config.train.snapshot_every_epochs
-            snap = every > 0 and epoch % every == 0
-            facts.append(self._checkpoint(epoch, snapshot=snap))
-        elif self._checkpoint_due():
-            facts.append(self._checkpoint(epoch, snapshot=False))
-        return self._rest(facts, last_in_epoch=last_in_epoch, final=final)
-
-    def _diverged_stop(self) -> str:
-        """Record a diverged run's end: its fingerprint, then `TrainingStopped(diverged)`.
-
-        No snapshot (the trainer's histories hold the non-finite loss) and no lifecycle or
-        controller work (their telemetry would too); the log stays verifiable, and a rollback
-        to an earlier seq continues from before the divergence.
-        """
-        self._boundary(
-            [self._checkpoint(self.epoch, snapshot=False), self._stopped("diverged")],
-            self._probe,
-            lifecycle=False,
-        )
-        return "diverged"
-
-    def _rest(self, facts: list[c.Command], *, last_in_epoch: bool, final: bool) -> str:
-        """The boundary once its facts are built: lifecycle, commit, hooks and Ctrl-C."""
-        self._boundary(facts, self._probe, lifecycle=not final, controller=last_in_epoch)
-        if final:
-            return "ended"
-        source = self.replay_source
-        if source is not None and source.finished():
-            return "done"
-        if self.on_step is not None:
-            try:
-                self.on_step(self, self.step)
-            except KeyboardInterrupt:
-                self._stop = True
-        if self._stop:
-            # The boundary above ran in full, so the stop's snapshot is the state after it.
-            self._commit(
-                [self._checkpoint(self.epoch, snapshot=True, phase="after"),
-                 self._stopped("interrupted")]
-            )  # fmt: skip
-            return "interrupted"
-        return "continue"
-
-    # --- one step and one boundary ---------------------------------------------------------
-
-    def _train_step(self, batch: Batch) -> float:
-        self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss_fn(self.model, batch)
-        loss.backward()  # type: ignore[no-untyped-call]
-        if self.config.train.seed_training == "own_loss":
-            self._train_seeds_on_own_loss(batch)
-        self.optimizer.step()
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            # Nothing after this can be recorded faithfully (losses go into canonical JSON,
-            # which has no NaN): stop at this boundary instead (`_diverged_stop`).
-            self.divergence = self.divergence or f"training loss {value} at step {self.step + 1}"
-            return value
-        self.recent_losses.append(value)
-        every = self.config.driver.observe_every
-        if self.measures_telemetry and (self.step + 1) % every == 0:
-            for layer in self.layers.values():
-                for i in layer.kernel_slots(Stage.TRAINING):
-                    seed = f"{layer.name}/{i}"
-                    self.seed_telemetry.observe(self.model, seed, batch, self.loss_fn)
-        return value
-
-    def _train_seeds_on_own_loss(self, batch: Batch) -> None:
-        """Give each TRAINING kernel the gradient of the loss with it blended at alpha 1.
-
-        The straight-through gradient `isolation.isolated` hands a TRAINING kernel is dL/dh at
-        the host's own activation h, which the kernel's output never moves: with no feedback the
-        kernel keeps following it (measured on digits: the seed's paired advantage goes
-        negative, i.e. blending it would hurt). So it is replaced by the gradient of the seed's
-        own loss, L(h + k(h)), taken with respect to the kernel's parameters only
-        (`autograd.grad` accumulates nothing into the host's `.grad`, and the pass runs in eval
-        mode, so batch-norm statistics are not touched): the host's outputs and gradients stay
-        exactly as without the seed (L8).
-        """
-        for layer in self.layers.values():
-            for i in layer.kernel_slots(Stage.TRAINING):
-                kernel = layer.kernel(i)
-                assert kernel is not None  # a TRAINING slot holds its kernel (L4)
-                params = [p for p in kernel.parameters() if p.requires_grad]
-                modes = [(m, m.training) for m in self.model.modules()]
-                try:
-                    self.model.eval()
-                    with layer.override_alphas({i: 1.0}):
-                        own = self.loss_fn(self.model, batch)
-                    grads = torch.autograd.grad(own, params, allow_unused=True)
-                finally:
-                    for m, training in modes:
-                        m.training = training
-                for p, g in zip(params, grads, strict=True):
-                    p.grad = None if g is None else g.detach()
-
-    def _checkpoint_due(self) -> bool:
-        k = self.config.train.checkpoint_every_steps
-        return k > 0 and self.step % k == 0
-
-    def _boundary(
-        self,
-        facts: list[c.Command],
-        probe: LiveProbe,
-        *,
-        lifecycle: bool = True,
-        controller: bool = False,
-    ) -> None:
-        assert self.bus is not None and self.orchestrator is not None
-        commands = list(facts)
-        if self.replay_source is not None and facts:
-            # Re-executing: facts and lifecycle are matched against the log separately, so a
-            # boundary recorded with facts only (a run's last) can go on live after them.
-            self._count_decisions(self._commit(facts))
-            commands = []
-        if lifecycle:
-            commands += self.compilation.facts()
-            commands += self.driver.commands(self.step, self._touched_seed_states(), probe)
-            every = self.config.train.controller_every_steps
-            if self.controller is not None and (
-                controller or (every > 0 and self.step % every == 0)
-            ):
-                self._run_controller()
-            commands += self.orchestrator.commands_for_boundary(self.step, self._stats())
-        if commands:
-            outcomes = self._commit(commands)
-            self._count_decisions(outcomes)
-        if self.replay_source is not None:
-            self.replay_source.after_boundary(self)
-        elif lifecycle:
-            self.compilation.request()
-
-    # --- background compilation ------------------------------------------------------------
-
-    @property
-    def compiler(self) -> Any:
-        """The background compiler (`esper_es.library.compiler`), once one was started."""
-        return self.compilation.compiler
-
-    def close_compiler(self) -> None:
-        """Stop the background compiler's worker process."""
-        self.compilation.close()
+        return boundary.after_step(self, epoch, losses, last_in_epoch, final)
 
     def _commit(self, commands: list[c.Command]) -> list[Outcome]:
-        assert self.bus is not None and self.db is not None and self.orchestrator is not None
-        source = self.replay_source
-        if source is not None and source.exhausted():
-            source.go_live(self)
-            source = None
-        try:
-            outcomes = self.bus.execute_all(commands)
-        except BaseException as exc:
-            self.orchestrator.abort(exc)
-            raise
-        self.orchestrator.settle(outcomes)
-        # Replaying, the bus matched the commands against the log: project up to the last
-        # event they matched; the log's later events belong to later boundaries.
-        to_seq = None
-        if source is not None:
-            to_seq = max((s for o in outcomes for s in o.seqs), default=self.projector.last_seq)
-        self.project(to_seq)
-        return outcomes
+        return boundary.commit(self, commands)
 
     def project(self, to_seq: int | None = None) -> None:
         """Apply the branch's events after the projector's position (up to `to_seq`)."""
-        assert self.db is not None and self.bus is not None
-        after = self.projector.last_seq
-        for rec in self.db.read(from_seq=after + 1, to_seq=to_seq, branch=self.bus.branch):
-            # Read from one branch's view, nothing between `after` and this seq is visible on
-            # it: the seqs between belong to other branches.
-            recorded = self.recorder.before(rec.event)
-            self.projector.apply_visible(rec.seq, rec.event, after=after)
-            if recorded is not None:
-                recorded()
-            after = rec.seq
-            if isinstance(rec.event, ev.SeedTrainingStarted):
-                self.seed_telemetry.reset(rec.event.seed)
+        boundary.project(self, to_seq)
 
-    def _count_decisions(self, outcomes: Sequence[Outcome]) -> None:
-        for o in outcomes:
-            if any(isinstance(e, ev.AdaptationDecided) for e in o.events):
-                self.last_decision_step = self.step
-                self.decisions_this_epoch += 1
+    def _fact(self, event: ev.Event) -> c.RecordFact:
+        return boundary.fact(self, event)
+
+    def _checkpoint(self, epoch: int, *, snapshot: bool, phase: str = "facts") -> c.RecordFact:
+        return boundary.checkpoint(self, epoch, snapshot=snapshot, phase=phase)
+
+    def snapshot_extra(self, phase: str) -> dict[str, Any]:
+        """The trainer's own state a resume needs besides weights, optimizer and RNG."""
+        return snapshot_extra(self, phase)
+
+    def _train_step(self, batch: Batch) -> float:
+        return step.train_step(self, batch)
+
+    # --- what the driver, the orchestrator and the controller see --------------------------
 
     def _touched_seed_states(self) -> list[Any]:
         """The live states of the seeds that have events, in layer and slot order.
@@ -643,31 +419,21 @@ class Trainer:
         """The controller's view of this boundary."""
         return controller_telemetry(self)
 
-    def _run_controller(self) -> None:
-        assert self.controller is not None and self.orchestrator is not None
-        snapshot = self.telemetry()
-        for decision in self.controller.decide(snapshot):
-            self.orchestrator.submit(decision, source="controller", telemetry=snapshot.to_dict())
-
     def submit(self, decision: AdaptationDecision) -> Any:
         """Queue a user decision for the next boundary; returns the orchestrator's ticket."""
         assert self.orchestrator is not None, "submit while the run is running (e.g. on_step)"
         return self.orchestrator.submit(decision, source="user")
 
-    # --- facts ----------------------------------------------------------------------------
+    # --- background compilation ------------------------------------------------------------
 
-    def _fact(self, event: ev.Event) -> c.RecordFact:
-        return c.RecordFact(command_id=self._new_id(), step=self.step, event=event)
+    @property
+    def compiler(self) -> Any:
+        """The background compiler (`esper_es.library.compiler`), once one was started."""
+        return self.compilation.compiler
 
-    def _checkpoint(self, epoch: int, *, snapshot: bool, phase: str = "facts") -> c.RecordFact:
-        return self._fact(checkpoint_event(self, epoch, snapshot=snapshot, phase=phase))
-
-    def snapshot_extra(self, phase: str) -> dict[str, Any]:
-        """The trainer's own state a resume needs besides weights, optimizer and RNG."""
-        return snapshot_extra(self, phase)
-
-    def _stopped(self, reason: str) -> c.RecordFact:
-        return self._fact(ev.TrainingStopped(epoch=self.epoch, step=self.step, reason=reason))
+    def close_compiler(self) -> None:
+        """Stop the background compiler's worker process."""
+        self.compilation.close()
 
     # --- the end --------------------------------------------------------------------------
 

@@ -1,0 +1,250 @@
+"""The boundary protocol (SPEC §5): what happens between two optimizer steps, in one place.
+
+At each boundary the trainer gathers commands, in this order: facts due (`EpochCompleted`,
+`Checkpointed`, `TrainingStopped`), the lifecycle driver's commands, then the orchestrator's
+(queued decisions from the controller or from users, planned against the live state); it
+commits them all with one `CommandBus.execute_all` (one transaction), settles the
+orchestrator's tickets, and projects the newly written events, in seq order, into the model
+and the optimizer. Nothing else changes the architecture. Every command carries `step` = the
+number of optimizer steps done so far.
+
+`Checkpointed` at a boundary is recorded first in its transaction: its fingerprints describe
+the model and optimizer after the step's update and before that boundary's lifecycle changes,
+i.e. exactly the state at its own seq. A snapshot, when due, is taken at the same moment.
+
+Each function returns, where it ends a boundary, one of `continue`, `ended`, `interrupted`,
+`diverged` or `done` (a replay reached its target).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from esper_es.command_bus import Outcome
+from esper_es.core import commands as c
+from esper_es.core import events as ev
+from esper_es.runtime.environment import capture_environment
+from esper_es.trainer.checkpoints import checkpoint_event
+from esper_es.trainer.initial_weights import record_initial_weights
+from esper_es.trainer.telemetry import LiveProbe
+
+if TYPE_CHECKING:
+    from esper_es.trainer.loop import Trainer
+
+
+def start_boundary(t: Trainer) -> None:
+    """Boundary 0: the run, its seed layers, the host's starting quality, a checkpoint."""
+    assert t.db is not None
+    if t.replay_source is None:
+        t.initial_weights = record_initial_weights(t.db, t.model)
+    val_loss0, acc0 = t.evaluate()
+    t.val_loss_history.append(val_loss0)
+    if acc0 is not None:
+        t.val_accuracy_history.append(acc0)
+    start_cmds: list[c.Command] = [
+        c.StartRun(
+            command_id=t._new_id(),
+            run_id=t.run_id,
+            master_seed=t.master_seed,
+            config=t.config.to_dict(),
+            dataset_fingerprint=t.dataset_fingerprint,
+            environment=capture_environment(),
+            host=t.host_source,
+            initial_weights=t.initial_weights,
+        )
+    ]
+    consulted = t.recorder.consultation(layer.shape_kind for layer in t.layers.values())
+    if consulted is not None:
+        start_cmds.append(fact(t, consulted))
+    start_cmds += [layer.register_command(t._new_id()) for layer in t.layers.values()]
+    start_cmds.append(fact(t, ev.EpochCompleted(
+        epoch=0, step=0, train_loss=val_loss0, val_loss=val_loss0, val_accuracy=acc0,
+        metrics={"initial": True},
+    )))  # fmt: skip
+    start_cmds.append(checkpoint(t, 0, snapshot=False))
+    commit(t, start_cmds)
+
+
+def after_step(
+    t: Trainer, epoch: int, losses: list[float], last_in_epoch: bool, final: bool
+) -> str:
+    """The boundary after a step."""
+    source = t.replay_source
+    if source is not None:
+        if source.recorded:
+            return "done" if source.apply_boundary(t) else "continue"
+        source.before_boundary(t)
+    if t.divergence is not None:
+        return diverged_stop(t)
+    facts: list[c.Command] = []
+    if last_in_epoch:
+        train_loss = sum(losses) / len(losses)
+        val_loss, acc = t.evaluate()
+        if not math.isfinite(val_loss):
+            t.divergence = f"validation loss {val_loss} at step {t.step}"
+            return diverged_stop(t)
+        t.train_loss_history.append(train_loss)
+        t.val_loss_history.append(val_loss)
+        if acc is not None:
+            t.val_accuracy_history.append(acc)
+        facts.append(fact(t, ev.EpochCompleted(
+            epoch=epoch, step=t.step, train_loss=train_loss,
+            val_loss=val_loss, val_accuracy=acc, metrics={"steps": len(losses)},
+        )))  # fmt: skip
+    if final:
+        facts.append(checkpoint(t, epoch, snapshot=True))
+        facts.append(stopped(t, "completed"))
+    elif last_in_epoch:
+        every = t.config.train.snapshot_every_epochs
+        snap = every > 0 and epoch % every == 0
+        facts.append(checkpoint(t, epoch, snapshot=snap))
+    elif _checkpoint_due(t):
+        facts.append(checkpoint(t, epoch, snapshot=False))
+    return rest(t, facts, last_in_epoch=last_in_epoch, final=final)
+
+
+def diverged_stop(t: Trainer) -> str:
+    """Record a diverged run's end: its fingerprint, then `TrainingStopped(diverged)`.
+
+    No snapshot (the trainer's histories hold the non-finite loss) and no lifecycle or
+    controller work (their telemetry would too); the log stays verifiable, and a rollback
+    to an earlier seq continues from before the divergence.
+    """
+    boundary(
+        t,
+        [checkpoint(t, t.epoch, snapshot=False), stopped(t, "diverged")],
+        t._probe,
+        lifecycle=False,
+    )
+    return "diverged"
+
+
+def rest(t: Trainer, facts: list[c.Command], *, last_in_epoch: bool, final: bool) -> str:
+    """The boundary once its facts are built: lifecycle, commit, hooks and Ctrl-C."""
+    boundary(t, facts, t._probe, lifecycle=not final, controller=last_in_epoch)
+    if final:
+        return "ended"
+    source = t.replay_source
+    if source is not None and source.finished():
+        return "done"
+    if t.on_step is not None:
+        try:
+            t.on_step(t, t.step)
+        except KeyboardInterrupt:
+            t._stop = True
+    if t._stop:
+        # The boundary above ran in full, so the stop's snapshot is the state after it.
+        commit(t, [checkpoint(t, t.epoch, snapshot=True, phase="after"),
+                   stopped(t, "interrupted")])  # fmt: skip
+        return "interrupted"
+    return "continue"
+
+
+def _checkpoint_due(t: Trainer) -> bool:
+    k = t.config.train.checkpoint_every_steps
+    return k > 0 and t.step % k == 0
+
+
+def boundary(
+    t: Trainer,
+    facts: list[c.Command],
+    probe: LiveProbe,
+    *,
+    lifecycle: bool = True,
+    controller: bool = False,
+) -> None:
+    """Facts, then the driver's and the orchestrator's commands: one commit, then projection."""
+    assert t.bus is not None and t.orchestrator is not None
+    commands = list(facts)
+    if t.replay_source is not None and facts:
+        # Re-executing: facts and lifecycle are matched against the log separately, so a
+        # boundary recorded with facts only (a run's last) can go on live after them.
+        count_decisions(t, commit(t, facts))
+        commands = []
+    if lifecycle:
+        commands += t.compilation.facts()
+        commands += t.driver.commands(t.step, t._touched_seed_states(), probe)
+        every = t.config.train.controller_every_steps
+        if t.controller is not None and (controller or (every > 0 and t.step % every == 0)):
+            run_controller(t)
+        commands += t.orchestrator.commands_for_boundary(t.step, t._stats())
+    if commands:
+        count_decisions(t, commit(t, commands))
+    if t.replay_source is not None:
+        t.replay_source.after_boundary(t)
+    elif lifecycle:
+        t.compilation.request()
+
+
+def commit(t: Trainer, commands: list[c.Command]) -> list[Outcome]:
+    """Execute `commands` in one transaction, settle the tickets, project what was written."""
+    assert t.bus is not None and t.db is not None and t.orchestrator is not None
+    source = t.replay_source
+    if source is not None and source.exhausted():
+        source.go_live(t)
+        source = None
+    try:
+        outcomes = t.bus.execute_all(commands)
+    except BaseException as exc:
+        t.orchestrator.abort(exc)
+        raise
+    t.orchestrator.settle(outcomes)
+    # Replaying, the bus matched the commands against the log: project up to the last
+    # event they matched; the log's later events belong to later boundaries.
+    to_seq = None
+    if source is not None:
+        to_seq = max((s for o in outcomes for s in o.seqs), default=t.projector.last_seq)
+    project(t, to_seq)
+    return outcomes
+
+
+def project(t: Trainer, to_seq: int | None = None) -> None:
+    """Apply the branch's events after the projector's position (up to `to_seq`)."""
+    assert t.db is not None and t.bus is not None
+    after = t.projector.last_seq
+    for rec in t.db.read(from_seq=after + 1, to_seq=to_seq, branch=t.bus.branch):
+        # Read from one branch's view, nothing between `after` and this seq is visible on
+        # it: the seqs between belong to other branches.
+        recorded = t.recorder.before(rec.event)
+        t.projector.apply_visible(rec.seq, rec.event, after=after)
+        if recorded is not None:
+            recorded()
+        after = rec.seq
+        if isinstance(rec.event, ev.SeedTrainingStarted):
+            t.seed_telemetry.reset(rec.event.seed)
+
+
+def count_decisions(t: Trainer, outcomes: Sequence[Outcome]) -> None:
+    """Note the step of, and count, the decisions `outcomes` recorded."""
+    for o in outcomes:
+        if any(isinstance(e, ev.AdaptationDecided) for e in o.events):
+            t.last_decision_step = t.step
+            t.decisions_this_epoch += 1
+
+
+def run_controller(t: Trainer) -> None:
+    """Ask the controller for decisions on this boundary's telemetry and queue them."""
+    assert t.controller is not None and t.orchestrator is not None
+    snapshot = t.telemetry()
+    for decision in t.controller.decide(snapshot):
+        t.orchestrator.submit(decision, source="controller", telemetry=snapshot.to_dict())
+
+
+# --- facts ----------------------------------------------------------------------------------
+
+
+def fact(t: Trainer, event: ev.Event) -> c.RecordFact:
+    """`event` as a fact the trainer records at this step."""
+    return c.RecordFact(command_id=t._new_id(), step=t.step, event=event)
+
+
+def checkpoint(t: Trainer, epoch: int, *, snapshot: bool, phase: str = "facts") -> c.RecordFact:
+    """A `Checkpointed` fact of the state now (see `esper_es.trainer.checkpoints`)."""
+    return fact(t, checkpoint_event(t, epoch, snapshot=snapshot, phase=phase))
+
+
+def stopped(t: Trainer, reason: str) -> c.RecordFact:
+    """The `TrainingStopped` fact for `reason`."""
+    return fact(t, ev.TrainingStopped(epoch=t.epoch, step=t.step, reason=reason))

@@ -1,0 +1,33 @@
+"""Validation: the mean loss and metric of the model over the validation batches."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from torch import Tensor, nn
+
+from esper_es.nn.telemetry import quiet_eval
+from esper_es.trainer.batches import batch_len
+
+Batch = Any
+
+
+def evaluate(
+    model: nn.Module,
+    batches: Iterator[Batch],
+    loss_fn: Callable[[nn.Module, Batch], Tensor],
+    metric_fn: Callable[[nn.Module, Batch], float] | None,
+) -> tuple[float, float | None]:
+    """(mean loss, mean metric) of `model` over `batches`, without side effects."""
+    total, loss_sum, metric_sum = 0, 0.0, 0.0
+    with quiet_eval(model):
+        for batch in batches:
+            n = batch_len(batch)
+            loss_sum += float(loss_fn(model, batch)) * n
+            if metric_fn is not None:
+                metric_sum += float(metric_fn(model, batch)) * n
+            total += n
+    if total == 0:
+        raise ValueError("the validation data is empty")
+    return loss_sum / total, (metric_sum / total if metric_fn is not None else None)

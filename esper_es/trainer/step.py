@@ -1,0 +1,70 @@
+"""One optimizer step of the trainer: the host's pass, the seeds' own pass, telemetry."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from esper_es.core.lifecycle import Stage
+
+if TYPE_CHECKING:
+    from esper_es.trainer.loop import Trainer
+
+Batch = Any
+
+
+def train_step(t: Trainer, batch: Batch) -> float:
+    """One optimizer step on `batch`; returns its loss (a non-finite one marks divergence)."""
+    t.model.train()
+    t.optimizer.zero_grad(set_to_none=True)
+    loss = t.loss_fn(t.model, batch)
+    loss.backward()  # type: ignore[no-untyped-call]
+    if t.config.train.seed_training == "own_loss":
+        train_seeds_on_own_loss(t, batch)
+    t.optimizer.step()
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        # Nothing after this can be recorded faithfully (losses go into canonical JSON,
+        # which has no NaN): stop at this boundary instead (`boundary.diverged_stop`).
+        t.divergence = t.divergence or f"training loss {value} at step {t.step + 1}"
+        return value
+    t.recent_losses.append(value)
+    every = t.config.driver.observe_every
+    if t.measures_telemetry and (t.step + 1) % every == 0:
+        for layer in t.layers.values():
+            for i in layer.kernel_slots(Stage.TRAINING):
+                seed = f"{layer.name}/{i}"
+                t.seed_telemetry.observe(t.model, seed, batch, t.loss_fn)
+    return value
+
+
+def train_seeds_on_own_loss(t: Trainer, batch: Batch) -> None:
+    """Give each TRAINING kernel the gradient of the loss with it blended at alpha 1.
+
+    The straight-through gradient `isolation.isolated` hands a TRAINING kernel is dL/dh at
+    the host's own activation h, which the kernel's output never moves: with no feedback the
+    kernel keeps following it (measured on digits: the seed's paired advantage goes
+    negative, i.e. blending it would hurt). So it is replaced by the gradient of the seed's
+    own loss, L(h + k(h)), taken with respect to the kernel's parameters only
+    (`autograd.grad` accumulates nothing into the host's `.grad`, and the pass runs in eval
+    mode, so batch-norm statistics are not touched): the host's outputs and gradients stay
+    exactly as without the seed (L8).
+    """
+    for layer in t.layers.values():
+        for i in layer.kernel_slots(Stage.TRAINING):
+            kernel = layer.kernel(i)
+            assert kernel is not None  # a TRAINING slot holds its kernel (L4)
+            params = [p for p in kernel.parameters() if p.requires_grad]
+            modes = [(m, m.training) for m in t.model.modules()]
+            try:
+                t.model.eval()
+                with layer.override_alphas({i: 1.0}):
+                    own = t.loss_fn(t.model, batch)
+                grads = torch.autograd.grad(own, params, allow_unused=True)
+            finally:
+                for m, training in modes:
+                    m.training = training
+            for p, g in zip(params, grads, strict=True):
+                p.grad = None if g is None else g.detach()
