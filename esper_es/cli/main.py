@@ -161,6 +161,26 @@ def _known_branch(db: Any, name: str) -> None:
         raise UnknownBranch(name, sorted(b.name for b in db.branches()))
 
 
+def cmd_runs(args: argparse.Namespace) -> int:
+    """The run databases in a folder, newest first."""
+    from esper_es.cli import runs as runs_cli
+
+    folder = Path(args.dir)
+    if not folder.is_dir():
+        raise UsageError(f"runs: {folder} is not a folder (train writes to runs/ by default)")
+    found, skipped = runs_cli.scan(folder)
+    obj = {"dir": str(folder), "runs": found, "skipped": skipped}
+
+    def text() -> None:
+        if found:
+            print("\n".join(runs_cli.format_table(found)))
+        note = f"; {len(skipped)} other database file(s) skipped" if skipped else ""
+        print(f"-- {len(found)} run{'' if len(found) == 1 else 's'} in {folder}{note}")
+
+    _emit(args, obj, text)
+    return EXIT_OK
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Architecture, seed states and alphas at a point."""
     from esper_es.cli.inspect import lifecycle_at
@@ -632,6 +652,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument(
         "--follow", action="store_true", help="keep printing a live run's events until it stops"
+    )
+    sp = add("runs", cmd_runs, "list the runs in a folder: when, what, how they ended")
+    sp.add_argument(
+        "dir", nargs="?", default="runs", help="folder of run databases (default: runs)"
     )
     sp = add("inspect", cmd_inspect, "seed states, alphas and fingerprint at a point")
     sp.add_argument("db")
