@@ -38,6 +38,21 @@ class ConfigFileError(ConfigError):
         self.problem = problem
 
 
+class MissingDependency(EsperError):
+    """A command needs a package of the `torch` extra that is not installed."""
+
+    exit_code = EXIT_ERROR
+
+    def __init__(self, module: str) -> None:
+        self.module = module
+        super().__init__(
+            f"this command needs {module!r}, which is not installed: install PyTorch for your "
+            "machine first (CPU only: pip install torch --index-url "
+            "https://download.pytorch.org/whl/cpu), then the extra: pip install 'esper-es[torch]' "
+            "(from a checkout: pip install -e '.[torch]', or make venv)"
+        )
+
+
 class UnknownBranch(EsperError):
     """A command names a branch the run database does not have; lists the ones it has."""
 

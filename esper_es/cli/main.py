@@ -23,12 +23,15 @@ from esper_es.errors import (
     EXIT_OK,
     EXIT_USAGE,
     EsperError,
+    MissingDependency,
     StorageError,
     TamperDetected,
     UnknownBranch,
 )
 
 EXIT_INTERRUPTED = 130
+#: What the `torch` extra installs, by import name.
+_EXTRA_MODULES = frozenset({"torch", "numpy", "sklearn", "matplotlib"})
 
 
 class UsageError(EsperError):
@@ -705,6 +708,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _fail(want_json, "Interrupted", "interrupted", EXIT_INTERRUPTED, {})
         return EXIT_INTERRUPTED
+    except ModuleNotFoundError as exc:
+        # A bare `pip install esper-es` has the log, verify and history, not training: say
+        # which extra brings what is missing instead of a traceback.
+        top = (exc.name or "").partition(".")[0]
+        if top not in _EXTRA_MODULES:
+            return _internal_error(want_json, exc)
+        missing = MissingDependency(top)
+        _fail(want_json, type(missing).__name__, str(missing), missing.exit_code, {})
+        return missing.exit_code
     except EsperError as exc:
         extra: dict[str, Any] = {}
         if isinstance(exc, TamperDetected):
@@ -726,16 +738,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fail(want_json, type(exc).__name__, text, EXIT_ERROR, {})
         return EXIT_ERROR
     except Exception as exc:
-        # The last resort: no path lets a traceback reach the user (SPEC §9). Anything here
-        # is a bug of ours; ESPER_ES_DEBUG=1 shows the traceback for the report.
-        if os.environ.get("ESPER_ES_DEBUG"):
-            raise
-        message = (
-            f"internal error ({type(exc).__name__}: {exc}); this is a bug in esper-es: please "
-            "report it with the command you ran (ESPER_ES_DEBUG=1 shows the traceback)"
-        )
-        _fail(want_json, "InternalError", " ".join(message.split()), EXIT_ERROR, {})
-        return EXIT_ERROR
+        return _internal_error(want_json, exc)
+
+
+def _internal_error(want_json: bool, exc: Exception) -> int:
+    # The last resort: no path lets a traceback reach the user (SPEC §9). Anything here
+    # is a bug of ours; ESPER_ES_DEBUG=1 shows the traceback for the report.
+    if os.environ.get("ESPER_ES_DEBUG"):
+        raise exc
+    message = (
+        f"internal error ({type(exc).__name__}: {exc}); this is a bug in esper-es: please "
+        "report it with the command you ran (ESPER_ES_DEBUG=1 shows the traceback)"
+    )
+    _fail(want_json, "InternalError", " ".join(message.split()), EXIT_ERROR, {})
+    return EXIT_ERROR
 
 
 def _pin_numerics(args: argparse.Namespace) -> None:

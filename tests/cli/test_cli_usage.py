@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from esper_es import __version__
-from esper_es.errors import EXIT_OK, EXIT_USAGE, EXIT_VERIFY
+from esper_es.errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, EXIT_VERIFY
 
 
 @pytest.mark.parametrize(
@@ -96,3 +98,20 @@ def test_json_is_exactly_one_object_for_each_outcome(
         assert obj["error"] == error
         assert obj["exit_code"] == code
         assert "esper-es: " in r.err
+
+
+@pytest.mark.parametrize("module", ["torch", "numpy"])
+def test_a_missing_extra_says_what_to_install(tmp_path: Path, module: str) -> None:
+    # What a bare `pip install esper-es` (no `torch` extra) meets on `train`.
+    script = (
+        "import sys\n"
+        f"sys.modules[{module!r}] = None\n"
+        "from esper_es.cli.main import main\n"
+        f"sys.exit(main(['train', '--db', {str(tmp_path / 'r.db')!r}, '--epochs', '1']))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert r.returncode == EXIT_ERROR, r.stderr
+    assert "Traceback" not in r.stderr
+    assert r.stderr.count("\n") == 1
+    assert f"needs '{module}'" in r.stderr
+    assert "esper-es[torch]" in r.stderr
