@@ -39,17 +39,23 @@ class ConfigFileError(ConfigError):
 
 
 class MissingDependency(EsperError):
-    """A command needs a package of the `torch` extra that is not installed."""
+    """A command needs a package of an extra (`torch`, `tensorboard`) that is not installed."""
 
     exit_code = EXIT_ERROR
 
-    def __init__(self, module: str) -> None:
+    def __init__(self, module: str, extra: str = "torch") -> None:
         self.module = module
+        self.extra = extra
+        first = (
+            "install PyTorch for your machine first (CPU only: pip install torch --index-url "
+            "https://download.pytorch.org/whl/cpu), then the extra: "
+            if extra == "torch"
+            else "install the extra: "
+        )
         super().__init__(
-            f"this command needs {module!r}, which is not installed: install PyTorch for your "
-            "machine first (CPU only: pip install torch --index-url "
-            "https://download.pytorch.org/whl/cpu), then the extra: pip install 'esper-es[torch]' "
-            "(from a checkout: pip install -e '.[torch]', or make venv)"
+            f"this command needs {module!r}, which is not installed: {first}"
+            f"pip install 'esper-es[{extra}]' (from a checkout: pip install -e '.[{extra}]', "
+            "or make venv)"
         )
 
 

@@ -30,8 +30,14 @@ from esper_es.errors import (
 )
 
 EXIT_INTERRUPTED = 130
-#: What the `torch` extra installs, by import name.
-_EXTRA_MODULES = frozenset({"torch", "numpy", "sklearn", "matplotlib"})
+#: Import name -> the extra that installs it.
+_EXTRA_MODULES = {
+    "torch": "torch",
+    "numpy": "torch",
+    "sklearn": "torch",
+    "matplotlib": "torch",
+    "tensorboard": "tensorboard",
+}
 
 
 class UsageError(EsperError):
@@ -181,6 +187,41 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print(f"-- {len(found)} run{'' if len(found) == 1 else 's'} in {folder}{note}")
 
     _emit(args, obj, text)
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """A run's metrics as CSV or TensorBoard scalars."""
+    from esper_es.report import export
+    from esper_es.store.database import RunDatabase
+
+    if args.format == "tensorboard" and not args.out:
+        raise UsageError("export: --format tensorboard writes a folder: give --out DIR")
+    if args.format == "csv" and args.out is None and args.json:
+        raise UsageError("export: --json with csv needs --out FILE (stdout carries the JSON)")
+    with RunDatabase.open(args.db, readonly=True) as db:
+        _known_branch(db, args.branch)
+        series = list(export.scalars(db, args.branch))
+        run_id = db.run_id
+    tags = sorted({s.tag for s in series})
+    if args.format == "tensorboard":
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise StorageError(str(out), "exists and is not a folder")
+        written = export.write_tensorboard(series, out)
+    elif args.out:
+        try:
+            with open(args.out, "w", newline="", encoding="utf-8") as fh:
+                written = export.write_csv(series, fh)
+        except OSError as exc:
+            raise StorageError(str(args.out), f"cannot write ({exc.strerror or exc})") from None
+    else:
+        export.write_csv(series, sys.stdout)
+        return EXIT_OK
+    obj = {"run_id": run_id, "branch": args.branch, "format": args.format, "out": args.out}
+    obj.update({"written": written, "series": tags})
+    what = "scalars" if args.format == "tensorboard" else "rows"
+    _emit(args, obj, lambda: print(f"wrote {written} {what} of {len(tags)} series to {args.out}"))
     return EXIT_OK
 
 
@@ -660,6 +701,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "dir", nargs="?", default="runs", help="folder of run databases (default: runs)"
     )
+    sp = add("export", cmd_export, "a run's metrics as CSV or TensorBoard scalars")
+    sp.add_argument("db", help="run database")
+    sp.add_argument("--format", choices=("csv", "tensorboard"), default="csv", help="default: csv")
+    sp.add_argument("--out", help="CSV file (default: stdout) or TensorBoard log folder (required)")
+    sp.add_argument("--branch", default="main", help="branch to export (default: main)")
     sp = add("inspect", cmd_inspect, "seed states, alphas and fingerprint at a point")
     sp.add_argument("db")
     sp.add_argument(
@@ -714,7 +760,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         top = (exc.name or "").partition(".")[0]
         if top not in _EXTRA_MODULES:
             return _internal_error(want_json, exc)
-        missing = MissingDependency(top)
+        missing = MissingDependency(top, _EXTRA_MODULES[top])
         _fail(want_json, type(missing).__name__, str(missing), missing.exit_code, {})
         return missing.exit_code
     except EsperError as exc:
