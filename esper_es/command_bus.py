@@ -23,7 +23,8 @@ from esper_es.core.envelope import NewEvent, stamp
 from esper_es.core.ids import CONTROLLER_STREAM, RUN_STREAM, layer_stream, seed_stream
 from esper_es.core.state import LayerState, RunState, SeedState
 from esper_es.errors import IllegalTransition
-from esper_es.store.database import MAIN, RunDatabase
+from esper_es.store.protocol import RunStore
+from esper_es.store.records import MAIN
 
 
 @attrs.frozen(slots=True)
@@ -46,7 +47,7 @@ class CommandBus:
 
     def __init__(
         self,
-        db: RunDatabase,
+        db: RunStore,
         config: LifecycleConfig | None = None,
         *,
         branch: str = MAIN,

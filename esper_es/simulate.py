@@ -22,7 +22,7 @@ from esper_es.core import commands as c
 from esper_es.core.ids import IdSource, kernel_id, new_id
 from esper_es.core.lifecycle import Stage
 from esper_es.core.state import LayerState, SeedState
-from esper_es.store.database import RunDatabase
+from esper_es.store.backends import create_store
 
 #: Blueprint names of the kernel library by activation shape (names only: no torch here).
 BLUEPRINTS: dict[str, tuple[str, ...]] = {
@@ -190,7 +190,7 @@ def simulate(
     cfg = config or RunConfig()
     rng = random.Random(seed)
     run_id = f"sim-{new_id(rng)[:8]}"
-    db = RunDatabase.create(path, run_id)
+    db = create_store(path, run_id)
     try:
         bus = CommandBus(db, cfg.lifecycle)
         setup: list[c.Command] = [
@@ -241,7 +241,7 @@ def simulate(
                 name = bus.seed(sid).stage.value
                 stages[name] = stages.get(name, 0) + 1
         return SimulationReport(
-            run_id, str(path), step, head, n_commands, n_refused, stages, interrupted
+            run_id, db.location, step, head, n_commands, n_refused, stages, interrupted
         )
     finally:
         db.close()

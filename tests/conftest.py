@@ -33,3 +33,11 @@ def corpus_copy(tmp_path: Path) -> Callable[[str], Path]:
         return db
 
     return copy
+
+
+@pytest.fixture
+def pg_url() -> str:
+    """A `postgresql://…` location for a new run (its own schema) on the test server."""
+    from pg_support import fresh_url
+
+    return fresh_url()

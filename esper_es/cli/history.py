@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 from esper_es.core.events import EVENT_TYPES
 from esper_es.errors import EXIT_USAGE, EsperError
-from esper_es.store.database import RunDatabase
+from esper_es.store.protocol import RunStore
 
 __all__ = [
     "FORMATS",
@@ -85,7 +85,7 @@ def check_types(names: Sequence[str] | None) -> list[str] | None:
     return list(dict.fromkeys(names))
 
 
-def check_stream(db: RunDatabase, stream: str | None, branch: str) -> None:
+def check_stream(db: RunStore, stream: str | None, branch: str) -> None:
     """Refuse a stream the file has never written, listing the ones it has."""
     if stream is None or next(db.read(stream=stream, branch=None), None) is not None:
         return
@@ -97,7 +97,7 @@ def check_stream(db: RunDatabase, stream: str | None, branch: str) -> None:
 
 
 def timeline(
-    db: RunDatabase,
+    db: RunStore,
     *,
     branch: str | None,
     stream: str | None = None,
@@ -257,7 +257,7 @@ def write_rows(
 
 
 def follow(
-    db: RunDatabase,
+    db: RunStore,
     write: Callable[[list[dict[str, Any]]], int],
     *,
     branch: str,

@@ -7,10 +7,10 @@ from typing import Any
 from esper_es.core import events as ev
 from esper_es.core.decider import evolve
 from esper_es.core.state import LayerState, SeedState
-from esper_es.store.database import RunDatabase
+from esper_es.store.protocol import RunStore
 
 
-def lifecycle_at(db: RunDatabase, at_seq: int | None, branch: str) -> dict[str, Any]:
+def lifecycle_at(db: RunStore, at_seq: int | None, branch: str) -> dict[str, Any]:
     """The architecture's lifecycle part at `at_seq` (head when None) on `branch`."""
     layers: dict[str, LayerState] = {}
     seeds: dict[str, SeedState] = {}

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from esper_es import __version__
+from esper_es.cli import copy as copy_cli
 from esper_es.cli import sign as sign_cli
 from esper_es.errors import (
     EXIT_ERROR,
@@ -28,6 +29,7 @@ from esper_es.errors import (
     TamperDetected,
     UnknownBranch,
 )
+from esper_es.store.pg_location import describe
 
 EXIT_INTERRUPTED = 130
 #: Import name -> the extra that installs it.
@@ -112,7 +114,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         args,
         obj,
         lambda: print(
-            f"OK  {args.db}: {report.events} events, {report.streams} streams, "
+            f"OK  {describe(args.db)}: {report.events} events, {report.streams} streams, "
             f"branches {', '.join(report.branches)}, {report.blobs} blobs; "
             f"head seq {report.head_seq} hash {report.head_hash[:16]}…"
             + (f"; {signed}" if signed else "")
@@ -124,14 +126,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_history(args: argparse.Namespace) -> int:
     """The audit timeline, with causes."""
     from esper_es.cli import history
-    from esper_es.store.database import RunDatabase
+    from esper_es.store.backends import open_store
 
     types = history.check_types(args.type)
     if args.limit is not None and args.tail is not None:
         raise UsageError("history: --limit and --tail cannot be combined")
     if args.follow and (args.json or args.limit is not None):
         raise UsageError("history: --follow streams rows; it takes neither --json nor --limit")
-    with RunDatabase.open(args.db, readonly=True) as db:
+    with open_store(args.db, readonly=True) as db:
         branch = args.branch
         _known_branch(db, branch)
         history.check_stream(db, args.stream, branch)
@@ -193,13 +195,13 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     """A run's metrics as CSV or TensorBoard scalars."""
     from esper_es.report import export
-    from esper_es.store.database import RunDatabase
+    from esper_es.store.backends import open_store
 
     if args.format == "tensorboard" and not args.out:
         raise UsageError("export: --format tensorboard writes a folder: give --out DIR")
     if args.format == "csv" and args.out is None and args.json:
         raise UsageError("export: --json with csv needs --out FILE (stdout carries the JSON)")
-    with RunDatabase.open(args.db, readonly=True) as db:
+    with open_store(args.db, readonly=True) as db:
         _known_branch(db, args.branch)
         series = list(export.scalars(db, args.branch))
         run_id = db.run_id
@@ -228,9 +230,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Architecture, seed states and alphas at a point."""
     from esper_es.cli.inspect import lifecycle_at
-    from esper_es.store.database import RunDatabase
+    from esper_es.store.backends import open_store
 
-    with RunDatabase.open(args.db, readonly=True) as db:
+    with open_store(args.db, readonly=True) as db:
         _known_branch(db, args.branch)
         head = db.head_seq(args.branch)
         if args.at is not None and args.at > head:
@@ -431,7 +433,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         obj,
         lambda: print(
             f"opened branch {obj['branch']} at seq {obj['to_seq']} of {obj['from_branch']} "
-            f"(step {obj['step']}); continue it with: esper-es resume {args.db} "
+            f"(step {obj['step']}); continue it with: esper-es resume {describe(args.db)} "
             f"--branch {obj['branch']}\nfingerprint: {obj['fingerprint']}"
         ),
     )
@@ -675,6 +677,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("db")
     sign_cli.verify_options(sp)
     sign_cli.register(add)
+    copy_cli.register(add)
     sp = add("history", cmd_history, "the audit timeline, with causes")
     sp.add_argument("db", help="run database")
     sp.add_argument("--stream", help="only this stream, e.g. seed:layer1/0 (checked: must exist)")
@@ -773,7 +776,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Reached only where a command did not classify it itself: a full disk, an I/O error
         # or a vanished file during a write. Never a traceback, never a false tamper alarm
         # for what the file system refused.
-        from esper_es.store.database import sqlite_failure
+        from esper_es.store.sqlite_files import sqlite_failure
 
         failure = sqlite_failure(Path(str(getattr(args, "db", None) or "the database")), exc)
         _fail(want_json, type(failure).__name__, str(failure), failure.exit_code, {})
@@ -823,9 +826,9 @@ def _pin_numerics(args: argparse.Namespace) -> None:
 
 
 def _recorded_numerics(db_path: str) -> str | None:
-    from esper_es.store.database import RunDatabase
+    from esper_es.store.backends import open_store
 
-    with RunDatabase.open(db_path, readonly=True) as db:
+    with open_store(db_path, readonly=True) as db:
         for rec in db.read(branch=None, types=["RunStarted"]):
             return str(rec.payload.get("environment", {}).get("numerics", "native"))
     return None

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from esper_es.errors import EXIT_OK, EXIT_USAGE, EsperError
+from esper_es.store.pg_location import describe as describe_location
 
 _HASH = re.compile(r"^(sha256:)?[0-9a-fA-F]{64}$")
 
@@ -120,7 +121,8 @@ def cmd_sign(args: argparse.Namespace) -> int:
     _emit(
         args,
         obj,
-        f"SIGNED  {args.db}: seq {report.head_seq} hash {report.head_hash} by {report.key_id}",
+        f"SIGNED  {describe_location(args.db)}: seq {report.head_seq} hash {report.head_hash} "
+        f"by {report.key_id}",
     )
     return EXIT_OK
 

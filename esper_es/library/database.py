@@ -29,6 +29,9 @@ from typing import Any, Final
 import attrs
 
 from esper_es.errors import EXIT_USAGE, EsperError, NotARunDatabase
+from esper_es.store.protocol import SqlSession
+from esper_es.store.side_tables import KERNEL_TABLES
+from esper_es.store.sqlite_files import SqliteSession
 from esper_es.store.uri import readonly_uri
 
 LIBRARY_FORMAT: Final = "esper-es-kernel-library"
@@ -45,20 +48,6 @@ class NotAKernelLibrary(EsperError):
         self.path = path
         self.reason = reason
         super().__init__(f"[library] path {path}: {reason}; nothing was written to it")
-
-
-_TABLES: Final = (
-    """CREATE TABLE IF NOT EXISTS kernel_artifacts (
-        kernel_id TEXT PRIMARY KEY, blob_key TEXT NOT NULL, blueprint TEXT NOT NULL,
-        version INTEGER NOT NULL, config TEXT NOT NULL, shape_kind TEXT NOT NULL,
-        channels INTEGER NOT NULL, init_seed INTEGER NOT NULL, params INTEGER NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS kernel_outcomes (
-        run_id TEXT NOT NULL, branch TEXT NOT NULL, seed TEXT NOT NULL,
-        kernel_id TEXT NOT NULL, blueprint TEXT NOT NULL, config TEXT NOT NULL,
-        shape_kind TEXT NOT NULL, outcome TEXT NOT NULL, contribution REAL,
-        params INTEGER NOT NULL, germinated_step INTEGER NOT NULL, ended_step INTEGER NOT NULL,
-        seconds REAL NOT NULL, PRIMARY KEY (run_id, branch, seed, kernel_id))""",
-)
 
 
 @attrs.frozen
@@ -96,7 +85,7 @@ class OutcomeRow:
 
 
 @contextlib.contextmanager
-def _immediate(conn: sqlite3.Connection, lock: threading.Lock) -> Iterator[None]:
+def _immediate(conn: sqlite3.Connection, lock: threading.RLock) -> Iterator[None]:
     with lock:
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -108,37 +97,39 @@ def _immediate(conn: sqlite3.Connection, lock: threading.Lock) -> Iterator[None]
 
 
 class KernelTables:
-    """The artifact index and the outcomes, on one SQLite connection (run or library file)."""
+    """The artifact index and the outcomes, on one SQL session (a run store or library file).
 
-    def __init__(self, conn: sqlite3.Connection, *, writable: bool) -> None:
-        self.conn = conn
+    The SQL is in the subset SQLite and PostgreSQL share, so a run on either backend keeps
+    the same tables.
+    """
+
+    def __init__(self, session: SqlSession, *, writable: bool) -> None:
+        self.session = session
         self.writable = writable
-        self._lock = threading.Lock()
         if writable:
-            with _immediate(conn, self._lock):
-                for sql in _TABLES:
-                    conn.execute(sql)
+            for sql in KERNEL_TABLES:
+                session.execute(sql)
 
     def index_artifact(self, row: ArtifactRow) -> None:
         """Index an artifact (kept as first recorded if the id is already there)."""
-        with _immediate(self.conn, self._lock):
-            self.conn.execute(
-                "INSERT OR IGNORE INTO kernel_artifacts VALUES (?,?,?,?,?,?,?,?,?)",
-                attrs.astuple(row),
-            )
+        self.session.execute(
+            "INSERT INTO kernel_artifacts VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+            attrs.astuple(row),
+        )
 
     def artifact(self, kernel_id: str) -> ArtifactRow | None:
         """The indexed artifact of `kernel_id`, if any."""
-        rows = self._query("SELECT * FROM kernel_artifacts WHERE kernel_id=?", (kernel_id,))
+        rows = self._query(
+            "kernel_artifacts", "SELECT * FROM kernel_artifacts WHERE kernel_id=?", (kernel_id,)
+        )
         return ArtifactRow(*rows[0]) if rows else None
 
     def record_outcome(self, row: OutcomeRow) -> None:
         """Record a kernel's outcome once (a second record of the same key is ignored)."""
-        with _immediate(self.conn, self._lock):
-            self.conn.execute(
-                "INSERT OR IGNORE INTO kernel_outcomes VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                attrs.astuple(row),
-            )
+        self.session.execute(
+            "INSERT INTO kernel_outcomes VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+            attrs.astuple(row),
+        )
 
     def outcomes(self, shape_kind: str | None = None) -> list[OutcomeRow]:
         """Every recorded outcome (of one shape kind), in a stable order."""
@@ -146,17 +137,15 @@ class KernelTables:
         args: tuple[Any, ...] = ()
         if shape_kind is not None:
             sql, args = sql + " WHERE shape_kind=?", (shape_kind,)
-        rows = self._query(sql + " ORDER BY run_id, branch, ended_step, seed, kernel_id", args)
+        order = " ORDER BY run_id, branch, ended_step, seed, kernel_id"
+        rows = self._query("kernel_outcomes", sql + order, args)
         return [OutcomeRow(*r) for r in rows]
 
-    def _query(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        try:
-            return list(self.conn.execute(sql, args).fetchall())
-        except sqlite3.OperationalError as exc:
-            # A database opened read-only that never had a kernel recorded lacks the tables.
-            if "no such table" in str(exc):
-                return []
-            raise
+    def _query(self, table: str, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        # A database opened read-only that never had a kernel recorded lacks the tables.
+        if not self.session.has_table(table):
+            return []
+        return self.session.query(sql, args)
 
 
 _SQLITE_MAGIC: Final = b"SQLite format 3\x00"
@@ -208,7 +197,9 @@ class LibraryDatabase(KernelTables):
         if not readonly:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
-        super().__init__(conn, writable=not readonly)
+        self.conn = conn
+        self._lock = threading.RLock()
+        super().__init__(SqliteSession(conn, self._lock, readonly=readonly), writable=not readonly)
         if not readonly:
             with _immediate(conn, self._lock):
                 conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
@@ -219,7 +210,7 @@ class LibraryDatabase(KernelTables):
                     "INSERT OR IGNORE INTO meta VALUES (?,?)",
                     [("format", LIBRARY_FORMAT), ("format_version", str(LIBRARY_FORMAT_VERSION))],
                 )
-        meta = dict(self._query("SELECT key, value FROM meta", ()))
+        meta = dict(self._query("meta", "SELECT key, value FROM meta", ()))
         if meta.get("format") != LIBRARY_FORMAT:
             conn.close()
             raise NotARunDatabase(str(self.path), "not an esper-es kernel library")
@@ -236,7 +227,7 @@ class LibraryDatabase(KernelTables):
 
     def get_blob(self, key: str) -> bytes:
         """The bytes stored under `key`, checked against it."""
-        rows = self._query("SELECT data FROM blobs WHERE key=?", (key,))
+        rows = self._query("blobs", "SELECT data FROM blobs WHERE key=?", (key,))
         if not rows or hashlib.sha256(bytes(rows[0][0])).hexdigest() != key:
             raise KeyError(f"no intact blob {key} in {self.path}")
         return bytes(rows[0][0])

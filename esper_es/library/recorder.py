@@ -40,7 +40,7 @@ from esper_es.library.statistics import (
 )
 from esper_es.nn.kernels import Kernel
 from esper_es.nn.projector import Projector
-from esper_es.store.database import RunDatabase
+from esper_es.store.protocol import RunStore
 
 OUTCOMES: dict[type[ev.Event], str] = {
     ev.SeedFossilized: "fossilized",
@@ -61,7 +61,7 @@ class KernelRecorder:
 
     def __init__(
         self,
-        db: RunDatabase,
+        db: RunStore,
         projector: Projector,
         *,
         run_id: str,
@@ -73,7 +73,7 @@ class KernelRecorder:
         step: Callable[[], int] = lambda: 2**62,
     ) -> None:
         self.db = db
-        self.tables = KernelTables(db.connection, writable=not db.readonly)
+        self.tables = KernelTables(db.sql, writable=not db.readonly)
         self.projector = projector
         self.run_id = run_id
         self.branch = branch
@@ -225,10 +225,8 @@ class KernelRecorder:
             for name, bound in self.db.lineage(branch):
                 if bound is None:
                     continue
-                row = self.db.connection.execute(
-                    "SELECT payload FROM events WHERE seq=?", (bound,)
-                ).fetchone()
-                step = json.loads(row[0]).get("step", 0) if row is not None else 0
+                row = self.db.event_at(bound)
+                step = json.loads(row[8]).get("step", 0) if row is not None else 0
                 found[name] = int(step) if isinstance(step, int) else 0
             self._lineage[branch] = found
         return found
@@ -246,7 +244,7 @@ class KernelRecorder:
 def recorder_for(trainer: Any) -> KernelRecorder:
     """The recorder of a trainer wired to its database (the library only when writing)."""
     cfg = trainer.config.library
-    db: RunDatabase = trainer.db
+    db: RunStore = trainer.db
     library = None
     path = getattr(trainer, "library_path", cfg.path)
     if path is not None and not db.readonly:

@@ -21,15 +21,15 @@ from typing import Any
 from esper_es.config import RunConfig
 from esper_es.core import events as ev
 from esper_es.errors import HostFactoryError
-from esper_es.store.database import RunDatabase
+from esper_es.store.protocol import RunStore
 from esper_es.trainer.initial_weights import restore_initial_weights
 from esper_es.trainer.loop import Trainer
 
 #: Builds the (not yet run) trainer of a recorded run: `(config, master_seed, db_path)`.
-TrainerFactory = Callable[[RunConfig, int, Path], Trainer]
+TrainerFactory = Callable[[RunConfig, int, str | Path], Trainer]
 
 
-def built_in_factory(config: RunConfig, master_seed: int, db_path: Path) -> Trainer:
+def built_in_factory(config: RunConfig, master_seed: int, db_path: str | Path) -> Trainer:
     """The trainer of a built-in task (what `esper-es train` ran)."""
     from esper_es.trainer.api import built_in_trainer
 
@@ -43,7 +43,7 @@ def run_factory(path: str) -> TrainerFactory:
 
     fn = load_factory(path)
 
-    def make(config: RunConfig, master_seed: int, db_path: Path) -> Trainer:
+    def make(config: RunConfig, master_seed: int, db_path: str | Path) -> Trainer:
         spec = call_factory(fn, master_seed, path)
         if not isinstance(spec, TrainSpec):
             raise HostFactoryError(
@@ -75,7 +75,7 @@ def resolve_factory(
     )
 
 
-def prepare_trainer(trainer: Trainer, db: RunDatabase, started: ev.RunStarted) -> None:
+def prepare_trainer(trainer: Trainer, db: RunStore, started: ev.RunStarted) -> None:
     """Give a freshly built trainer the run's recorded start: host record, initial weights."""
     # A log from before RunStarted v2 recorded no host: the recomputed RunStarted must not.
     trainer.host_source = None if started.host is None else dict(started.host)

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 from esper_es.core import events as ev
 from esper_es.core.envelope import RecordedEvent
-from esper_es.store.database import RunDatabase
+from esper_es.store.protocol import RunStore
 
 
 def step_of(rec: RecordedEvent) -> int:
@@ -51,7 +51,7 @@ def _completed_stop(rec: RecordedEvent) -> bool:
 class RecordedLog:
     """The events visible on `branch` up to `to_seq`, and a cursor over them."""
 
-    def __init__(self, db: RunDatabase, branch: str, to_seq: int | None = None) -> None:
+    def __init__(self, db: RunStore, branch: str, to_seq: int | None = None) -> None:
         self.db = db
         self.branch = branch
         self.events: list[RecordedEvent] = list(db.read(branch=branch, to_seq=to_seq))
@@ -111,7 +111,7 @@ class RecordedLog:
                 return rec.event
         from esper_es.replay.errors import NotReplayable
 
-        raise NotReplayable(f"{self.db.path} has no RunStarted event on branch {self.branch}")
+        raise NotReplayable(f"{self.db.location} has no RunStarted event on branch {self.branch}")
 
     def completed_epochs(self) -> int | None:
         """The epoch count of a run whose log ends with `TrainingStopped(completed)`."""

@@ -14,7 +14,8 @@ from esper_es.core import events as ev
 from esper_es.core.envelope import RecordedEvent
 from esper_es.nn.fingerprint import model_fingerprint
 from esper_es.replay.session import Session, TrainerFactory
-from esper_es.store.database import MAIN, RunDatabase
+from esper_es.store.backends import open_store
+from esper_es.store.records import MAIN
 from esper_es.trainer.loop import Trainer
 
 #: The largest epoch count a replay may run to: it stops when the log is used up.
@@ -73,7 +74,7 @@ def replay(
         from esper_es.replay.export import check_writable
 
         check_writable(out)
-    with RunDatabase.open(db_path, readonly=True) as db:
+    with open_store(db_path, readonly=True) as db:
         session = Session(
             db,
             branch=branch,
@@ -117,7 +118,7 @@ def replay(
 
 def last_checkpoint(db_path: str | Path, branch: str = MAIN) -> ev.Checkpointed | None:
     """The branch's last `Checkpointed` event (its fingerprint is the run's final one)."""
-    with RunDatabase.open(db_path, readonly=True) as db:
+    with open_store(db_path, readonly=True) as db:
         found = None
         for rec in db.read(branch=branch, types=["Checkpointed"]):
             found = rec.event
@@ -129,7 +130,7 @@ def replay_model(db_path: str | Path, seq: int, branch: str = MAIN) -> dict[str,
     """`inspect --at`: fingerprint and architecture manifest at `seq` (needs a snapshot)."""
     from esper_es.nn.fingerprint import architecture_manifest
 
-    with RunDatabase.open(db_path, readonly=True) as db:
+    with open_store(db_path, readonly=True) as db:
         session = Session(db, branch=branch, to_seq=seq)
         snapshot = session.log.latest_snapshot(seq)
         if snapshot is None:

@@ -16,11 +16,12 @@ import time
 from esper_es.core import events as ev
 from esper_es.replay.errors import NotReplayable
 from esper_es.replay.session import Session, TrainerFactory
-from esper_es.store.database import RunDatabase
+from esper_es.store.backends import open_store
+from esper_es.store.protocol import RunStore
 from esper_es.trainer.result import TrainResult
 
 
-def newest_branch(db: RunDatabase) -> str:
+def newest_branch(db: RunStore) -> str:
     """The most recently opened branch (main if there was no rollback)."""
     return db.branches()[-1].name
 
@@ -41,7 +42,7 @@ def resume(
     path the run recorded is never written to by itself (SPEC §9).
     """
     started = time.perf_counter()
-    with RunDatabase.open(db_path) as db:
+    with open_store(db_path) as db:
         branch = branch or newest_branch(db)
         session = Session(
             db,

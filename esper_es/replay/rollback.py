@@ -21,7 +21,8 @@ from esper_es.nn.fingerprint import model_fingerprint
 from esper_es.replay.errors import InvalidRollbackPoint
 from esper_es.replay.log import RecordedLog, step_of
 from esper_es.replay.session import Session, TrainerFactory
-from esper_es.store.database import RunDatabase
+from esper_es.store.backends import open_store
+from esper_es.store.protocol import RunStore
 
 _NO_LIMIT = 1 << 30
 
@@ -36,14 +37,14 @@ def boundary_ends(log: RecordedLog) -> list[int]:
     return out
 
 
-def _parent_of(db: RunDatabase, seq: int) -> str:
-    row = db.connection.execute("SELECT branch FROM events WHERE seq=?", (seq,)).fetchone()
+def _parent_of(db: RunStore, seq: int) -> str:
+    row = db.event_at(seq)
     if row is None:
         raise InvalidRollbackPoint(f"no event at seq {seq} (head is {db.head()[0]})")
-    return str(row[0])
+    return str(row[3])
 
 
-def _next_name(db: RunDatabase) -> str:
+def _next_name(db: RunStore) -> str:
     names = {b.name for b in db.branches()}
     n = 1
     while f"b{n}" in names:
@@ -60,7 +61,7 @@ def rollback(
     allow_env_mismatch: bool = False,
 ) -> dict[str, Any]:
     """Open a branch at `to_seq` (of `branch`, default the branch that wrote it); see above."""
-    with RunDatabase.open(db_path) as db:
+    with open_store(db_path) as db:
         parent = branch or _parent_of(db, to_seq)
         full = RecordedLog(db, parent)
         ends = boundary_ends(full)

@@ -47,7 +47,8 @@ from esper_es.replay.factory import (
 from esper_es.replay.log import RecordedLog, count_id, step_of
 from esper_es.runtime.environment import apply_settings, check_environment
 from esper_es.runtime.rng import decode_rng_state, restore_rng_state, rng_digest
-from esper_es.store.database import MAIN, AppendResult, RunDatabase
+from esper_es.store.protocol import RunStore
+from esper_es.store.records import MAIN, AppendResult
 from esper_es.store.verify import check_chain
 from esper_es.trainer.loop import Trainer
 from esper_es.trainer.replay_source import Position
@@ -115,7 +116,7 @@ class Session:
 
     def __init__(
         self,
-        db: RunDatabase,
+        db: RunStore,
         *,
         branch: str = MAIN,
         to_seq: int | None = None,
@@ -135,7 +136,7 @@ class Session:
         self.started = self.log.run_started()
         if self.started.environment.get("kind") == "simulation":
             raise NotReplayable(
-                f"{db.path} is a simulated run (esper-es simulate): it trained no model, so "
+                f"{db.location} is a simulated run (esper-es simulate): it trained no model, so "
                 "there is nothing to replay, resume or roll back; verify, history, inspect "
                 "and report read it"
             )
@@ -148,7 +149,7 @@ class Session:
         if self.env_differences and not allow_env_mismatch:
             raise EnvironmentMismatch(self.env_differences)
         factory = resolve_factory(self.started, factory)
-        self.trainer = trainer = factory(self.config, self.started.master_seed, db.path)
+        self.trainer = trainer = factory(self.config, self.started.master_seed, db.location)
         # The recorded `[library] path` is only read through the log (LibraryConsulted): live
         # outcomes go to a shared library only if the caller names one again.
         if library is not None:

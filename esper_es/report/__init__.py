@@ -12,7 +12,7 @@ from pathlib import Path
 import attrs
 
 from esper_es.report.model import RunReport, extract
-from esper_es.store.database import RunDatabase
+from esper_es.store.backends import open_store
 
 __all__ = ["ReportFiles", "RunReport", "extract", "write_report"]
 
@@ -31,7 +31,7 @@ def write_report(db_path: str | os.PathLike[str], out_dir: str | os.PathLike[str
     from esper_es.report.html import render
     from esper_es.report.plots import render_all
 
-    with RunDatabase.open(db_path, readonly=True) as db:
+    with open_store(db_path, readonly=True) as db:
         report = extract(db)
     images = render_all(report)
     out = Path(out_dir)

@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 import attrs
 
-from esper_es.store.database import RunDatabase
+from esper_es.store.protocol import RunStore
 
 __all__ = ["EXPORT_FORMATS", "Scalar", "scalars", "write_csv", "write_tensorboard"]
 
@@ -43,7 +43,7 @@ def _wall(stamp: str) -> float:
     return datetime.fromisoformat(stamp).timestamp()
 
 
-def scalars(db: RunDatabase, branch: str = "main") -> Iterator[Scalar]:
+def scalars(db: RunStore, branch: str = "main") -> Iterator[Scalar]:
     """The run's scalar series on `branch` (its parents' events up to the fork included)."""
     epoch = 0
     for rec in db.read(branch=branch, types=list(_TYPES)):

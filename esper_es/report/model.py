@@ -18,7 +18,8 @@ from esper_es.core.envelope import RecordedEvent
 from esper_es.core.events import TRIGGER_EVENTS
 from esper_es.core.lifecycle import TRANSITIONS, Stage
 from esper_es.errors import EsperError
-from esper_es.store.database import Branch, RunDatabase
+from esper_es.store.protocol import RunStore
+from esper_es.store.records import Branch
 
 #: Seed event type -> the stage the seed is in after it (blend events keep the stage).
 STAGE_AFTER: Mapping[str, str] = {
@@ -195,7 +196,7 @@ class RunReport:
         return self.branches[-1]
 
 
-def extract(db: RunDatabase, *, parameters: bool = True) -> RunReport:
+def extract(db: RunStore, *, parameters: bool = True) -> RunReport:
     """Build the report model from every event of `db` and its branches table."""
     events = list(db.read(branch=None))
     branches = db.branches()
@@ -242,7 +243,7 @@ def extract(db: RunDatabase, *, parameters: bool = True) -> RunReport:
     )
 
 
-def visible(db: RunDatabase, branch: str, events: Sequence[RecordedEvent]) -> list[RecordedEvent]:
+def visible(db: RunStore, branch: str, events: Sequence[RecordedEvent]) -> list[RecordedEvent]:
     """The events `branch` sees: its own, and each ancestor's up to where it forked."""
     bounds = dict(db.lineage(branch))
     out = []
@@ -260,7 +261,7 @@ def _step(e: RecordedEvent) -> int:
 
 
 def _branch_view(
-    db: RunDatabase, branch: Branch, events: Sequence[RecordedEvent], seeds: Sequence[str]
+    db: RunStore, branch: Branch, events: Sequence[RecordedEvent], seeds: Sequence[str]
 ) -> BranchView:
     seen = visible(db, branch.name, events)
     last_step = max((_step(e) for e in seen), default=0)

@@ -18,6 +18,7 @@ because `verify --key` requires a signature by that key covering the head (or, w
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -28,23 +29,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from esper_es.core.canonical import canonical_json
 from esper_es.errors import TamperDetected
-from esper_es.store.database import RunDatabase, _transaction, now_iso, sqlite_failure
+from esper_es.store.backends import open_store
 from esper_es.store.keys import key_id, raw_public
+from esper_es.store.protocol import RunStore
+from esper_es.store.records import now_iso
+from esper_es.store.side_tables import SIGNATURES_TABLE
+from esper_es.store.sqlite_files import sqlite_failure
 from esper_es.store.verify import verify
 
 SIGNED_DOMAIN = b"esper-es chain head signature v1\n"
-
-_TABLE = """
-CREATE TABLE IF NOT EXISTS signatures (
-    key_id     TEXT NOT NULL,
-    seq        INTEGER NOT NULL,
-    head_hash  TEXT NOT NULL,
-    public_key TEXT NOT NULL,
-    signature  TEXT NOT NULL,
-    signed_at  TEXT NOT NULL,
-    PRIMARY KEY (key_id, seq)
-)
-"""
 
 
 def signed_message(run_id: str, seq: int, head_hash: str) -> bytes:
@@ -86,14 +79,14 @@ class SignatureCheck:
         return attrs.asdict(self)
 
 
-def sign(path: str | Path, key: Ed25519PrivateKey) -> SignReport:
+def sign(path: str | os.PathLike[str], key: Ed25519PrivateKey) -> SignReport:
     """Verify the run database in full, then record a signature of its head with `key`.
 
     Holds the writer lock throughout (DatabaseLocked, exit 5, if a writer is live), so the
     head signed is the head verified. A log that fails `verify` is never signed.
     """
-    with RunDatabase.open(path, audit=False) as db:
-        report = verify(db.path)
+    with open_store(path, audit=False) as db:
+        report = verify(path)
         seq, head_hash = db.head()
         if (seq, head_hash) != (report.head_seq, report.head_hash):  # pragma: no cover
             raise TamperDetected(seq, "the head changed while it was verified")
@@ -104,26 +97,28 @@ def sign(path: str | Path, key: Ed25519PrivateKey) -> SignReport:
         if _signature_rows(db, kid)[0]:
             # This key's earlier signatures must still hold: signing again must never bless
             # a history rewritten since.
-            check_signatures(db.path, public, head_seq=seq, allow_unsigned_tail=True)
+            check_signatures(path, public, head_seq=seq, allow_unsigned_tail=True)
         signature = key.sign(signed_message(db.run_id, seq, head_hash)).hex()
         signed_at = now_iso()
-        conn = db.connection
         try:
-            with _transaction(conn):
-                conn.execute(_TABLE)
-                conn.execute(
-                    "INSERT OR REPLACE INTO signatures (key_id, seq, head_hash, public_key, "
-                    "signature, signed_at) VALUES (?,?,?,?,?,?)",
-                    (kid, seq, head_hash, raw_public(public).hex(), signature, signed_at),
-                )
+            db.sql.execute(SIGNATURES_TABLE)
+            db.sql.execute(
+                "INSERT INTO signatures (key_id, seq, head_hash, public_key, signature, "
+                "signed_at) VALUES (?,?,?,?,?,?) ON CONFLICT (key_id, seq) DO UPDATE SET "
+                "head_hash=excluded.head_hash, public_key=excluded.public_key, "
+                "signature=excluded.signature, signed_at=excluded.signed_at",
+                (kid, seq, head_hash, raw_public(public).hex(), signature, signed_at),
+            )
         except sqlite3.DatabaseError as exc:
-            raise sqlite_failure(db.path, exc) from None
-        branch = conn.execute("SELECT branch FROM events WHERE seq=?", (seq,)).fetchone()[0]
+            raise sqlite_failure(Path(db.location), exc) from None
+        head_row = db.event_at(seq)
+        assert head_row is not None
+        branch = str(head_row[3])
         return SignReport(db.run_id, branch, seq, head_hash, kid, signature, signed_at)
 
 
 def check_signatures(
-    path: str | Path,
+    path: str | os.PathLike[str],
     public: Ed25519PublicKey,
     *,
     head_seq: int,
@@ -132,19 +127,16 @@ def check_signatures(
     """Check every signature made with `public` against the chain (already verified up to
     `head_seq`); TamperDetected naming the seq unless one covers the head (module doc)."""
     kid = key_id(public)
-    with RunDatabase.open(path, readonly=True) as db:
+    with open_store(path, readonly=True) as db:
         try:
             rows, others = _signature_rows(db, kid)
-            hashes = {
-                seq: h
-                for seq, h in db.connection.execute(
-                    "SELECT seq, hash FROM events WHERE seq IN (SELECT seq FROM signatures "
-                    "WHERE key_id=?)",
-                    (kid,),
-                )
-            } if rows else {}  # fmt: skip
+            hashes = {}
+            for seq, _, _ in rows:
+                found = db.event_at(seq)
+                if found is not None:
+                    hashes[seq] = found[-1]
         except sqlite3.DatabaseError as exc:
-            raise sqlite_failure(db.path, exc) from None
+            raise sqlite_failure(Path(db.location), exc) from None
         run_id = db.run_id
     if not rows:
         raise TamperDetected(
@@ -183,35 +175,33 @@ def check_signatures(
     return SignatureCheck(kid, len(rows), signed_seq, signed_hash, unsigned, others)
 
 
-def _signature_rows(db: RunDatabase, kid: str) -> tuple[list[tuple[int, str, str]], int]:
-    conn = db.connection
-    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    if "signatures" not in tables:
+def _signature_rows(db: RunStore, kid: str) -> tuple[list[tuple[int, str, str]], int]:
+    if not db.sql.has_table("signatures"):
         return [], 0
     rows = [
         (int(seq), str(h), str(sig))
-        for seq, h, sig in conn.execute(
+        for seq, h, sig in db.sql.query(
             "SELECT seq, head_hash, signature FROM signatures WHERE key_id=? ORDER BY seq", (kid,)
         )
     ]
-    others = conn.execute(
-        "SELECT COUNT(DISTINCT key_id) FROM signatures WHERE key_id<>?", (kid,)
-    ).fetchone()[0]
-    return rows, int(others)
+    others = db.sql.query("SELECT COUNT(DISTINCT key_id) FROM signatures WHERE key_id<>?", (kid,))
+    return rows, int(others[0][0])
 
 
-def check_expected_head(path: str | Path, expected: str, *, head_seq: int, head_hash: str) -> None:
+def check_expected_head(
+    path: str | os.PathLike[str], expected: str, *, head_seq: int, head_hash: str
+) -> None:
     """TamperDetected unless the verified head's hash is `expected` (hex, `sha256:` allowed)."""
     want = expected.removeprefix("sha256:").lower()
     if want == head_hash:
         return
-    with RunDatabase.open(path, readonly=True) as db:
+    with open_store(path, readonly=True) as db:
         try:
-            found = db.connection.execute("SELECT seq FROM events WHERE hash=?", (want,)).fetchone()
+            found = db.seq_of_hash(want)
         except sqlite3.DatabaseError as exc:
-            raise sqlite_failure(db.path, exc) from None
+            raise sqlite_failure(Path(db.location), exc) from None
     if found is not None:
-        seq = int(found[0])
+        seq = found
         raise TamperDetected(
             seq + 1,
             f"the expected head is seq {seq}, but {head_seq - seq} event(s) follow it "

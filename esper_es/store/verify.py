@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +29,11 @@ from esper_es.errors import (
     UnsupportedSchemaVersion,
 )
 from esper_es.store import schemas
+from esper_es.store.backends import open_store
 from esper_es.store.chain import GENESIS, row_hash
-from esper_es.store.database import (
-    _COLUMNS,
-    TRIGGERS,
-    RunDatabase,
-    audit_path,
-    sqlite_failure,
-)
+from esper_es.store.database import RunDatabase
+from esper_es.store.protocol import RunStore
+from esper_es.store.sqlite_files import sqlite_failure
 
 
 @attrs.frozen
@@ -57,9 +54,9 @@ class VerifyReport:
         return attrs.asdict(self)
 
 
-def verify(path: str | Path) -> VerifyReport:
+def verify(location: str | os.PathLike[str]) -> VerifyReport:
     """Check a run database end to end; raise TamperDetected naming the first bad seq."""
-    with RunDatabase.open(path, readonly=True) as db:
+    with open_store(location, readonly=True) as db:
         try:
             return _verify(db)
         except sqlite3.DatabaseError as exc:
@@ -76,7 +73,7 @@ class ChainReport:
     blobs: int
 
 
-def check_chain(db: RunDatabase) -> ChainReport:
+def check_chain(db: RunStore) -> ChainReport:
     """The cheap check before a replay, resume or rollback uses a log.
 
     Gap-free seqs, every row's hash over its content, the chain of `prev_hash`, the run id,
@@ -91,13 +88,13 @@ def check_chain(db: RunDatabase) -> ChainReport:
         return _check_chain(db)
     except sqlite3.DatabaseError as exc:
         # Corrupt bytes are tampering; a file that cannot be read here is a StorageError.
-        raise sqlite_failure(db.path, exc) from None
+        raise sqlite_failure(Path(db.location), exc) from None
 
 
-def _check_chain(db: RunDatabase) -> ChainReport:
+def _check_chain(db: RunStore) -> ChainReport:
     known = {b.name for b in db.branches()}
-    prev, expected, last_good = GENESIS, 1, [0]
-    for row in _rows(db, last_good):
+    prev, expected = GENESIS, 1
+    for row in db.rows():
         seq, run_id, branch, h = row[0], row[2], row[3], row[-1]
         if seq != expected:
             raise TamperDetected(expected, f"seq {expected} is missing (next stored seq is {seq})")
@@ -109,56 +106,41 @@ def _check_chain(db: RunDatabase) -> ChainReport:
             raise TamperDetected(seq, f"run_id {run_id!r} is not this run's {db.run_id!r}")
         if branch not in known:
             raise TamperDetected(seq, f"branch {branch!r} is not recorded in the branches table")
-        prev, expected, last_good[0] = h, expected + 1, seq
+        prev, expected = h, expected + 1
     _check_triggers(db)
-    _verify_audit(db.path, expected - 1, db)
+    _verify_audit(expected - 1, db)
     blobs = _verify_blobs(db)
     check_structure(db)
     return ChainReport(events=expected - 1, head_seq=expected - 1, head_hash=prev, blobs=blobs)
 
 
-def check_structure(db: RunDatabase) -> None:
+def check_structure(db: RunStore) -> None:
     """What is outside the hash chain but changes what a replay does (SPEC §9).
 
     The branches table (a branch's parent and fork point decide which events it sees) is
     checked against each branch's first event, the `RunRolledBack` that opened it; every
     kernel artifact row against the header of the blob it points to and against the
-    `SeedGerminated` that made the kernel; and the file must end where SQLite's last page does
+    `SeedGerminated` that made the kernel; and an SQLite file must end where its last page does
     (SQLite ignores bytes after it, so anything there was put by someone else).
     """
-    _check_file_end(db)
+    if isinstance(db, RunDatabase):
+        db.check_file_end()
     _check_branches(db)
     _check_artifacts(db)
 
 
-def _check_file_end(db: RunDatabase) -> None:
-    conn = db.connection
-    pages = conn.execute("PRAGMA page_count").fetchone()[0]
-    size = conn.execute("PRAGMA page_size").fetchone()[0]
-    actual = db.path.stat().st_size
-    # With WAL content not yet checkpointed the file can be shorter, never longer: the log
-    # only grows, so the file is never truncated by a checkpoint.
-    if actual > pages * size:
-        raise TamperDetected(
-            None, f"{actual - pages * size} bytes follow the database's last page (appended)"
-        )
-
-
-def _check_branches(db: RunDatabase) -> None:
-    conn = db.connection
+def _check_branches(db: RunStore) -> None:
     for b in db.branches():
         if b.name == "main":
             if b.parent is not None or b.fork_seq != 0:
                 raise TamperDetected(None, "the branches table gives main a parent or fork point")
             continue
-        first = conn.execute(
-            "SELECT seq, type, payload FROM events WHERE branch=? ORDER BY seq LIMIT 1",
-            (b.name,),
-        ).fetchone()
+        # From the fork on, a branch's read sees only its own events.
+        first = next(iter(db.read(branch=b.name, from_seq=b.fork_seq + 1)), None)
         if first is None:
             continue  # opened, then the rollback stopped before its first commit
-        seq, type_name, payload = first
-        data = loads(payload) if type_name == "RunRolledBack" else {}
+        seq = first.seq
+        data = first.payload if first.type == "RunRolledBack" else {}
         recorded = (data.get("branch"), data.get("from_branch"), data.get("to_seq"))
         if recorded != (b.name, b.parent, b.fork_seq):
             raise TamperDetected(
@@ -186,22 +168,21 @@ def _artifact_header(blob: bytes) -> dict[str, Any] | None:
     return header if isinstance(header, dict) else None
 
 
-def _check_artifacts(db: RunDatabase) -> None:
-    conn = db.connection
-    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    if "kernel_artifacts" not in tables:
+def _check_artifacts(db: RunStore) -> None:
+    if not db.sql.has_table("kernel_artifacts"):
         return
-    germinated: dict[str, int] = {}
-    for (payload,) in conn.execute("SELECT payload FROM events WHERE type='SeedGerminated'"):
-        data = loads(payload)
-        germinated[str(data.get("kernel_id"))] = int(data.get("init_seed", -1))
-    rows = conn.execute(
+    rows = db.sql.query(
         "SELECT kernel_id, blob_key, blueprint, version, config, shape_kind, channels, "
         "init_seed FROM kernel_artifacts"
     )
+    if not rows:
+        return
+    germinated: dict[str, int] = {}
+    for rec in db.read(branch=None, types=["SeedGerminated"]):
+        germinated[str(rec.payload.get("kernel_id"))] = int(rec.payload.get("init_seed", -1))
     for kernel_id, blob_key, *recipe in rows:
-        found = conn.execute("SELECT data FROM blobs WHERE key=?", (blob_key,)).fetchone()
-        header = _artifact_header(bytes(found[0])) if found else None
+        found = _raw_blob(db, blob_key)
+        header = _artifact_header(found) if found is not None else None
         if header is None:
             raise TamperDetected(None, f"kernel {kernel_id}: artifact blob {blob_key} is missing")
         row = dict(zip(_ARTIFACT_FIELDS, recipe, strict=True))
@@ -216,33 +197,22 @@ def _check_artifacts(db: RunDatabase) -> None:
             )
 
 
-def _check_triggers(db: RunDatabase) -> None:
-    present = {
-        r[0] for r in db.connection.execute("SELECT name FROM sqlite_master WHERE type='trigger'")
-    }
-    missing = [t for t in TRIGGERS if t not in present]
+def _raw_blob(db: RunStore, key: str) -> bytes | None:
+    # Unchecked here: every blob's hash is checked by `_verify_blobs`.
+    try:
+        return db.get_blob(key)
+    except (KeyError, TamperDetected):
+        return None
+
+
+def _check_triggers(db: RunStore) -> None:
+    missing = db.missing_triggers()
     if missing:
         raise TamperDetected(None, f"append-only triggers were removed: {', '.join(missing)}")
 
 
-def _rows(db: RunDatabase, last_good: list[int]) -> Iterator[tuple[Any, ...]]:
-    cur = db.connection.execute(f"SELECT {_COLUMNS} FROM events ORDER BY seq")
-    while True:
-        try:
-            row = cur.fetchone()
-        except sqlite3.DatabaseError as exc:
-            raise TamperDetected(
-                last_good[0] + 1, f"file is corrupt or truncated after seq {last_good[0]}: {exc}"
-            ) from None
-        if row is None:
-            return
-        yield row
-
-
-def _verify(db: RunDatabase) -> VerifyReport:
-    quick = db.connection.execute("PRAGMA quick_check").fetchone()[0]
-    if quick != "ok":
-        raise TamperDetected(None, f"SQLite integrity check failed: {quick}")
+def _verify(db: RunStore) -> VerifyReport:
+    db.check_storage()
     branches = {b.name: b for b in db.branches()}
     forks: dict[int, list[str]] = {}
     for b in branches.values():
@@ -260,8 +230,8 @@ def _verify(db: RunDatabase) -> VerifyReport:
             states[name] = dict(states.get(parent, {}))
 
     open_forks(0)
-    prev, expected, last_good = GENESIS, 1, [0]
-    for row in _rows(db, last_good):
+    prev, expected = GENESIS, 1
+    for row in db.rows():
         (seq, eid, run_id, branch, stream, sv, type_name, version, payload,
          causation, correlation, recorded_at, prev_hash, h) = row  # fmt: skip
         if seq != expected:
@@ -305,13 +275,13 @@ def _verify(db: RunDatabase) -> VerifyReport:
             states[branch][stream] = evolve(state, event)  # type: ignore[arg-type]
         except EsperError as exc:
             raise TamperDetected(seq, f"impossible history: {exc}") from None
-        prev, expected, last_good[0] = h, expected + 1, seq
+        prev, expected = h, expected + 1
         open_forks(seq)
     head_seq = expected - 1
     _check_triggers(db)
     blobs = _verify_blobs(db)
     check_structure(db)
-    audit_lines = _verify_audit(db.path, head_seq, db)
+    audit_lines = _verify_audit(head_seq, db)
     return VerifyReport(
         run_id=db.run_id,
         events=head_seq,
@@ -324,39 +294,37 @@ def _verify(db: RunDatabase) -> VerifyReport:
     )
 
 
-def _verify_blobs(db: RunDatabase) -> int:
+def _verify_blobs(db: RunStore) -> int:
     n = 0
-    for key, size, data in db.connection.execute("SELECT key, size, data FROM blobs"):
-        blob = bytes(data)
+    for key, size, blob in db.blob_rows():
         if len(blob) != size or hashlib.sha256(blob).hexdigest() != key:
             raise TamperDetected(None, f"blob {key} does not match its hash")
         n += 1
     return n
 
 
-def _verify_audit(path: Path, head_seq: int, db: RunDatabase) -> int | None:
-    trail = audit_path(path)
-    if not trail.exists():
+def _verify_audit(head_seq: int, db: RunStore) -> int | None:
+    lines = db.audit_lines()
+    if lines is None:
         return None
     logged: dict[int, str] = {}
-    with trail.open(encoding="utf-8") as fh:
-        for line in fh:
-            try:
-                rec = json.loads(line)
-                logged[int(rec["seq"])] = str(rec["hash"])
-            except (ValueError, KeyError, TypeError):
-                continue  # a line torn by a crash mid-write; the log itself is authoritative
+    for line in lines:
+        try:
+            rec = json.loads(line)
+            logged[int(rec["seq"])] = str(rec["hash"])
+        except (ValueError, KeyError, TypeError):
+            continue  # a line torn by a crash mid-write; the log itself is authoritative
     # A live writer commits (then logs) more while the chain is checked: the trail is written
     # after each commit, so only a seq beyond the file's head as of *now* means a cut tail.
-    now = db.connection.execute("SELECT MAX(seq) FROM events").fetchone()[0] or 0
-    end = max(head_seq, now)
+    end = max(head_seq, db.head()[0])
     if logged and max(logged) > end:
         raise TamperDetected(
             end + 1,
             f"the audit trail records events up to seq {max(logged)} but the database ends at "
             f"seq {end}: events were removed from the end",
         )
-    for seq, h in db.connection.execute("SELECT seq, hash FROM events ORDER BY seq"):
+    for row in db.rows():
+        seq, h = row[0], row[-1]
         want = logged.get(seq)
         if want is not None and want != h:
             raise TamperDetected(seq, "hash differs from the one in the audit trail")

@@ -19,17 +19,17 @@ from torch import nn
 
 from esper_es.errors import HostFactoryError, TamperDetected
 from esper_es.nn.fingerprint import model_fingerprint, state_dict_fingerprint
-from esper_es.store.database import RunDatabase
+from esper_es.store.protocol import RunStore
 from esper_es.trainer.snapshots import read_weights, write_weights
 
 
-def record_initial_weights(db: RunDatabase, model: nn.Module) -> dict[str, str]:
+def record_initial_weights(db: RunStore, model: nn.Module) -> dict[str, str]:
     """Store `model`'s weights; the `RunStarted.initial_weights` record naming them."""
     state = model.state_dict()
     return {"snapshot": write_weights(db, state), "fingerprint": state_dict_fingerprint(state)}
 
 
-def restore_initial_weights(db: RunDatabase, record: Mapping[str, Any], model: nn.Module) -> None:
+def restore_initial_weights(db: RunStore, record: Mapping[str, Any], model: nn.Module) -> None:
     """Load the recorded initial weights into `model` (a freshly built, placed host)."""
     key, fingerprint = str(record["snapshot"]), str(record["fingerprint"])
     try:

@@ -57,7 +57,9 @@ from esper_es.nn.seed_layer import SeedLayer
 from esper_es.nn.telemetry import SeedTelemetry
 from esper_es.orchestrator import SeedOrchestrator
 from esper_es.runtime.environment import configure_determinism, pin_threads
-from esper_es.store.database import MAIN, RunDatabase
+from esper_es.store.backends import create_store, is_postgres
+from esper_es.store.protocol import RunStore
+from esper_es.store.records import MAIN
 from esper_es.trainer import batches as batching
 from esper_es.trainer import boundary, evaluation, step
 from esper_es.trainer.checkpoints import snapshot_extra
@@ -126,7 +128,8 @@ class Trainer:
         #: `RunStarted.initial_weights`; written at boundary 0 live, taken from the log replaying.
         self.initial_weights: dict[str, Any] | None = None
         self.master_seed = int(master_seed)
-        self.db_path = Path(db_path)
+        #: A file path, or a `postgresql://` URL (kept as text: a Path would mangle it).
+        self.db_path: str | Path = db_path if is_postgres(db_path) else Path(db_path)
         self.loss_fn = loss_fn
         self.metric_fn = metric_fn
         self.train_data = train_data
@@ -178,7 +181,7 @@ class Trainer:
         self.divergence: str | None = None
         self.batches_done = 0
         self.epoch_losses: list[float] = []
-        self.db: RunDatabase | None = None
+        self.db: RunStore | None = None
         self.bus: CommandBus | None = None
         self.orchestrator: SeedOrchestrator | None = None
         self.recorder: KernelRecorder
@@ -263,7 +266,7 @@ class Trainer:
         if self.config.library.path:
             # Refused before the run database exists, so a bad path leaves nothing behind.
             check_library_file(Path(self.config.library.path), create=True)
-        self.db = RunDatabase.create(self.db_path, self.run_id)
+        self.db = create_store(self.db_path, self.run_id)
         try:
             with self._sigint():
                 return self._run(epochs, started)

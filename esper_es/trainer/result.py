@@ -57,7 +57,7 @@ def result_of(trainer: Trainer, interrupted: bool, started: float) -> TrainResul
         val_loss_end=trainer.val_loss_history[-1],
         seeds=dict(sorted(stages.items())),
         events=head,
-        db=str(trainer.db_path),
+        db=trainer.db.location,
         steps=trainer.step,
         epochs=trainer.epoch,
         interrupted=interrupted,

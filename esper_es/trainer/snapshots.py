@@ -22,7 +22,7 @@ from torch import Tensor
 from esper_es.core.canonical import canonical_bytes
 from esper_es.errors import TamperDetected
 from esper_es.nn.fingerprint import dtype_name, tensor_bytes
-from esper_es.store.database import RunDatabase
+from esper_es.store.protocol import RunStore
 
 SNAPSHOT_FORMAT = 1
 
@@ -39,7 +39,7 @@ class SnapshotStats:
 
 
 class _Writer:
-    def __init__(self, db: RunDatabase | None) -> None:
+    def __init__(self, db: RunStore | None) -> None:
         self.db = db  # None: only compute the keys (nothing is stored)
         self.tensors = 0
         self.new_blobs = 0
@@ -88,7 +88,7 @@ class _Writer:
 
 
 def write_snapshot(
-    db: RunDatabase,
+    db: RunStore,
     *,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -135,7 +135,7 @@ SNAPSHOT_DTYPES: Mapping[str, torch.dtype] = {
 }  # fmt: skip
 
 
-def _tensor(db: RunDatabase, ref: Mapping[str, Any]) -> Tensor:
+def _tensor(db: RunStore, ref: Mapping[str, Any]) -> Tensor:
     blob = str(ref.get("blob"))
     dtype = SNAPSHOT_DTYPES.get(str(ref.get("dtype")))
     shape = ref.get("shape")
@@ -157,7 +157,7 @@ def _tensor(db: RunDatabase, ref: Mapping[str, Any]) -> Tensor:
     return flat.reshape(shape).clone()
 
 
-def _restore(db: RunDatabase, node: Mapping[str, Any]) -> Any:
+def _restore(db: RunStore, node: Mapping[str, Any]) -> Any:
     if "tensor" in node:
         return _tensor(db, node["tensor"])
     if "map" in node:
@@ -167,7 +167,7 @@ def _restore(db: RunDatabase, node: Mapping[str, Any]) -> Any:
     return node["value"]
 
 
-def read_snapshot(db: RunDatabase, key: str) -> dict[str, Any]:
+def read_snapshot(db: RunStore, key: str) -> dict[str, Any]:
     """A snapshot back: `model` and `optimizer` state dicts, `rng` bytes, grads, position, extra."""
     manifest = json.loads(db.get_blob(key))
     if manifest.get("format") != SNAPSHOT_FORMAT:
@@ -187,7 +187,7 @@ def read_snapshot(db: RunDatabase, key: str) -> dict[str, Any]:
     }
 
 
-def write_weights(db: RunDatabase | None, state: Mapping[str, Tensor]) -> str:
+def write_weights(db: RunStore | None, state: Mapping[str, Tensor]) -> str:
     """Store a weights-only snapshot of a `state_dict`; returns its key (None db: key only).
 
     Its manifest names one blob per tensor, as a full snapshot's does, so the host's
@@ -204,7 +204,7 @@ def write_weights(db: RunDatabase | None, state: Mapping[str, Tensor]) -> str:
     return key
 
 
-def read_weights(db: RunDatabase, key: str) -> dict[str, Tensor]:
+def read_weights(db: RunStore, key: str) -> dict[str, Tensor]:
     """A weights-only snapshot back, as a `state_dict` (every blob checked against its key)."""
     manifest = json.loads(db.get_blob(key))
     if manifest.get("format") != SNAPSHOT_FORMAT or manifest.get("kind") != "weights":

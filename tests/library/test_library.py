@@ -134,7 +134,7 @@ def test_training_records_artifacts_and_outcomes_in_run_and_library(tmp_path: Pa
     built_in_trainer(config, seed=3, db_path=db_path).run(3)  # type: ignore[arg-type]
     verify(db_path)
     with RunDatabase.open(db_path, readonly=True) as db:
-        tables = KernelTables(db.connection, writable=False)
+        tables = KernelTables(db.sql, writable=False)
         germinated = [r.event for r in db.read() if r.type == "SeedGerminated"]
         assert germinated, "the quick run germinates seeds"
         for event in germinated:

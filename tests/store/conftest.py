@@ -13,6 +13,7 @@ import pytest
 from esper_es.core import events as ev
 from esper_es.core.envelope import NewEvent
 from esper_es.store import RunDatabase
+from esper_es.store.protocol import RunStore
 
 RUN_ID = "run-test"
 S0, S1 = "layer1/0", "layer1/1"
@@ -46,55 +47,60 @@ def germinated(seed: str, step: int = 1) -> ev.SeedGerminated:
 def write_history(path: Path, padding: int = 0) -> None:
     """Create a run database at `path` holding the SEQ history, then `padding` blend events."""
     with RunDatabase.create(path, RUN_ID) as db:
-        db.append(
-            "run",
-            0,
-            [NewEvent(ev.RunStarted(run_id=RUN_ID, master_seed=1, config={"lr": 0.1}), "e1")],
-        )
-        db.append(
-            "layer:layer1",
-            0,
-            [NewEvent(ev.SeedLayerRegistered(layer="layer1", shape_kind="image", channels=4,
-                                             num_seeds=2, blueprints=["conv3x3"]), "e2")],
-        )  # fmt: skip
+        fill_history(db, padding)
+
+
+def fill_history(db: RunStore, padding: int = 0) -> None:
+    """Append the SEQ history to the empty store `db`, then `padding` blend events, and a blob."""
+    db.append(
+        "run",
+        0,
+        [NewEvent(ev.RunStarted(run_id=RUN_ID, master_seed=1, config={"lr": 0.1}), "e1")],
+    )
+    db.append(
+        "layer:layer1",
+        0,
+        [NewEvent(ev.SeedLayerRegistered(layer="layer1", shape_kind="image", channels=4,
+                                         num_seeds=2, blueprints=["conv3x3"]), "e2")],
+    )  # fmt: skip
+    db.append(
+        f"seed:{S0}",
+        0,
+        [
+            NewEvent(germinated(S0), "e3", "cmd-3"),
+            NewEvent(ev.SeedTrainingStarted(seed=S0, step=2), "e4", "cmd-4"),
+            NewEvent(ev.SeedGraftingStarted(seed=S0, step=30, improvement=0.2), "e5", "cmd-5"),
+            NewEvent(ev.BlendAdjusted(seed=S0, step=31, alpha=0.5), "e6", "cmd-6"),
+            NewEvent(ev.BlendAdjusted(seed=S0, step=32, alpha=1.0), "e7", "cmd-7"),
+            NewEvent(ev.SeedStabilized(seed=S0, step=33, alpha=1.0), "e8", "cmd-8"),
+        ],
+    )
+    db.append(
+        f"seed:{S1}",
+        0,
+        [
+            NewEvent(germinated(S1), "e9", "cmd-9", "decision-1"),
+            NewEvent(ev.SeedTrainingStarted(seed=S1, step=3), "e10", "cmd-10", "decision-1"),
+        ],
+    )
+    db.append(
+        "controller",
+        0,
+        [NewEvent(ev.CommandRefused(command_id="cmd-11", command="StartGrafting", seed=S1,
+                                    trigger="start_grafting", stage="TRAINING",
+                                    reason="too early", step=4), "e11", "cmd-11")],
+    )  # fmt: skip
+    db.append(f"seed:{S1}", 2, [NewEvent(ev.SeedCulled(seed=S1, step=5, reason="x"), "e12")])
+    if padding:
         db.append(
             f"seed:{S0}",
-            0,
+            6,
             [
-                NewEvent(germinated(S0), "e3", "cmd-3"),
-                NewEvent(ev.SeedTrainingStarted(seed=S0, step=2), "e4", "cmd-4"),
-                NewEvent(ev.SeedGraftingStarted(seed=S0, step=30, improvement=0.2), "e5", "cmd-5"),
-                NewEvent(ev.BlendAdjusted(seed=S0, step=31, alpha=0.5), "e6", "cmd-6"),
-                NewEvent(ev.BlendAdjusted(seed=S0, step=32, alpha=1.0), "e7", "cmd-7"),
-                NewEvent(ev.SeedStabilized(seed=S0, step=33, alpha=1.0), "e8", "cmd-8"),
+                NewEvent(ev.BlendAdjusted(seed=S0, step=40 + i, alpha=(i % 10) / 10), f"p{i}")
+                for i in range(padding)
             ],
         )
-        db.append(
-            f"seed:{S1}",
-            0,
-            [
-                NewEvent(germinated(S1), "e9", "cmd-9", "decision-1"),
-                NewEvent(ev.SeedTrainingStarted(seed=S1, step=3), "e10", "cmd-10", "decision-1"),
-            ],
-        )
-        db.append(
-            "controller",
-            0,
-            [NewEvent(ev.CommandRefused(command_id="cmd-11", command="StartGrafting", seed=S1,
-                                        trigger="start_grafting", stage="TRAINING",
-                                        reason="too early", step=4), "e11", "cmd-11")],
-        )  # fmt: skip
-        db.append(f"seed:{S1}", 2, [NewEvent(ev.SeedCulled(seed=S1, step=5, reason="x"), "e12")])
-        if padding:
-            db.append(
-                f"seed:{S0}",
-                6,
-                [
-                    NewEvent(ev.BlendAdjusted(seed=S0, step=40 + i, alpha=(i % 10) / 10), f"p{i}")
-                    for i in range(padding)
-                ],
-            )
-        db.put_blob(b"kernel weights \x00\x01\x02" * 10)
+    db.put_blob(b"kernel weights \x00\x01\x02" * 10)
 
 
 @pytest.fixture
