@@ -64,6 +64,8 @@ def test_copy_round_trips_sqlite_postgres_sqlite_to_the_same_head(
     to_pg = cli("copy", source, pg_url, "--json")
     assert to_pg.code == 0, to_pg.err
     assert to_pg.json()["side_rows"]["signatures"] == 1
+    resigned = cli("sign", pg_url, "--key", key, "--json")  # signing on PostgreSQL itself
+    assert resigned.code == 0, resigned.err
     back = tmp_path / "back.db"
     assert cli("copy", pg_url, back).code == 0
     for where in (pg_url, back):
