@@ -26,6 +26,7 @@ from attrs import validators as v
 from esper_es.controller import ControllerConfig
 from esper_es.core.blending import BLEND_KINDS
 from esper_es.core.config import LifecycleConfig
+from esper_es.core.lr_schedule import LR_SCHEDULES
 from esper_es.errors import ConfigError, ConfigFileError
 from esper_es.numerics import MODES, NATIVE
 
@@ -94,6 +95,13 @@ class TrainConfig:
     frozen) or `straight_through` (the host activation's gradient, `nn.isolation`)."""
     val_batch_size: int = attrs.field(default=512, validator=_POSITIVE)
     """Examples per batch when evaluating the validation set."""
+    lr_schedule: str = attrs.field(default="constant", validator=v.in_(LR_SCHEDULES))
+    """Learning-rate schedule of every param group (`trainer.schedule`): `constant`, `cosine`
+    (warm-up, then down to `lr_min_factor` over the run's epochs) or `one_cycle`."""
+    lr_warmup_steps: int = attrs.field(default=0, validator=_NON_NEGATIVE)
+    """`cosine`: steps of linear warm-up from 0 to the full rate."""
+    lr_min_factor: float = attrs.field(default=0.0, validator=[v.ge(0.0), v.le(1.0)])
+    """`cosine`/`one_cycle`: the rate at the end of the run, as a fraction of the base rate."""
 
 
 @attrs.frozen(slots=True)

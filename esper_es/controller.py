@@ -212,6 +212,9 @@ class ControllerConfig:
     """Blending seeds, all contributing, within this of each other form an ensemble."""
     ensemble: bool = attrs.field(default=False, validator=v.instance_of(bool))
     """True: on a plateau, fill every dormant slot with equal blend targets (ENSEMBLE)."""
+    record_outcomes: bool = attrs.field(default=False, validator=v.instance_of(bool))
+    """Record `DecisionOutcomeMeasured` for each decision once its changes resolved
+    (`esper_es.core.outcomes`)."""
 
 
 class HeuristicController:

@@ -558,16 +558,24 @@ def cmd_report(args: argparse.Namespace) -> int:
         "branches": [b.name for b in rep.branches],
         "decisions": len(rep.decisions),
         "seeds": list(rep.seeds),
+        "strategies": [s.to_dict() for s in rep.strategies],
     }
-    _emit(
-        args,
-        obj,
-        lambda: print(
+
+    def text() -> None:
+        print(
             f"report of run {rep.run_id} ({len(rep.branches)} branch(es), "
             f"{len(rep.decisions)} decisions) -> {files.html}\n"
             "plots: " + ", ".join(p.name for p in files.images)
-        ),
-    )
+        )
+        for s in rep.strategies:
+            if s.decisions:
+                frac = "" if s.paid_fraction is None else f" ({100 * s.paid_fraction:.0f} %)"
+                print(
+                    f"  {s.strategy}: {s.decisions} decision(s), {s.measured} outcome(s) "
+                    f"measured, {s.paid} paid{frac}"
+                )
+
+    _emit(args, obj, text)
     return EXIT_OK
 
 

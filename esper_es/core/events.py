@@ -304,6 +304,31 @@ class AdaptationPlanned(ControllerEvent):
     step: int
 
 
+@event_type(1)
+@attrs.frozen(kw_only=True)
+class DecisionOutcomeMeasured(ControllerEvent):
+    """What a decision's changes turned out to contribute, once each of them resolved.
+
+    `parts`: one entry per seed the decision changed, `{"seed", "role", "blueprint", "fate",
+    "contribution"}`: role `added` (it germinated the seed: the kernel's counterfactual
+    contribution when fossilized, 0 when it was removed again, since it then adds nothing),
+    `removed` (minus the seed's contribution the decision read), `retargeted` (its blend target
+    changed: the contribution at fossilization minus the one the decision read). `contribution`
+    is their sum; `paid` is `contribution > 0`. Derived from the log alone
+    (`esper_es.core.outcomes`), so replay records the same outcome at the same boundary.
+    """
+
+    decision_id: str
+    layer: str
+    strategy: str
+    source: str
+    decided_step: int
+    step: int
+    contribution: float
+    paid: bool
+    parts: list[dict[str, Any]]
+
+
 @event_type(2)
 @attrs.frozen(kw_only=True)
 class KernelCompiled(ControllerEvent):

@@ -55,6 +55,9 @@ class Projector:
         #: Called with the seed's kernel when a `KernelCompiled` is projected (the trainer
         #: switches the kernel to its compiled form); without it the event changes nothing.
         self.on_kernel_compiled: Callable[[Kernel, ev.KernelCompiled], None] | None = None
+        #: Called with every event once projected, in seq order (e.g. the trainer's outcome
+        #: tracker): whoever folds the log this way sees what the model saw, on every path.
+        self.observers: list[Callable[[ev.Event], None]] = []
 
     # --- the entry points -----------------------------------------------------------------
 
@@ -71,6 +74,8 @@ class Projector:
         except (KeyError, ValueError, RuntimeError) as exc:
             raise ProjectionError(seq, f"{type(event).__name__}: {exc}") from exc
         self.last_seq = seq
+        for observe in self.observers:
+            observe(event)
         return True
 
     def apply_visible(self, seq: int, event: ev.Event, *, after: int) -> bool:

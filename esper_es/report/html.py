@@ -154,6 +154,12 @@ def render(report: RunReport, images: Mapping[str, bytes]) -> str:
         "used, the commands of its plan, the seeds whose lifecycle changed because of it, "
         "and the commands the lifecycle refused.</p>",
         _decisions(report),
+        "<h2>Strategies: how often they paid</h2>",
+        '<p class="explain">Per strategy: decisions made, decisions whose outcome was '
+        "measured (<code>DecisionOutcomeMeasured</code>, once every seed the decision added, "
+        "removed or retargeted resolved), how many of those paid (summed contribution "
+        "&gt; 0) and the summed contribution.</p>",
+        _strategies(report),
         "<h2>Kernels per blueprint</h2>",
         _img(images["kernels.png"], "kernel statistics"),
         _kernels(report),
@@ -179,6 +185,26 @@ def _legend() -> str:
         for s, c in STAGE_COLOURS.items()
     )
     return f'<div class="legend"><b>Stage colours:</b> {items}</div>'
+
+
+def _strategies(report: RunReport) -> str:
+    rows = []
+    for st in report.strategies:
+        frac = st.paid_fraction
+        rows.append(
+            (
+                escape(st.strategy),
+                str(st.decisions),
+                str(st.measured),
+                str(st.paid) + ("" if frac is None else f" ({100 * frac:.0f} %)"),
+                f"{st.contribution_sum:+.4g}",
+            )
+        )
+    return _table(
+        ("strategy", "decisions", "outcomes measured", "paid", "summed contribution"),
+        rows,
+        num=(1, 2, 3, 4),
+    )
 
 
 def _decisions(report: RunReport) -> str:

@@ -18,6 +18,7 @@ from esper_es.core.envelope import RecordedEvent
 from esper_es.core.events import TRIGGER_EVENTS
 from esper_es.core.lifecycle import TRANSITIONS, Stage
 from esper_es.errors import EsperError
+from esper_es.report.strategy_outcomes import StrategyOutcomes, strategy_outcomes
 from esper_es.store.protocol import RunStore
 from esper_es.store.records import Branch
 
@@ -182,6 +183,7 @@ class RunReport:
     refusals: tuple[Refusal, ...]
     kernels: tuple[KernelStats, ...]
     event_counts: Mapping[str, int]
+    strategies: tuple[StrategyOutcomes, ...] = ()
 
     def branch(self, name: str) -> BranchView:
         """The view of branch `name`."""
@@ -240,6 +242,7 @@ def extract(db: RunStore, *, parameters: bool = True) -> RunReport:
         ),
         kernels=_kernel_stats(events, layers, parameters=parameters),
         event_counts=dict(sorted(Counter(e.type for e in events).items())),
+        strategies=strategy_outcomes(events),
     )
 
 

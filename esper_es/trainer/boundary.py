@@ -163,6 +163,9 @@ def boundary(
         # boundary recorded with facts only (a run's last) can go on live after them.
         count_decisions(t, commit(t, facts))
         commands = []
+    # Outcomes resolved by earlier boundaries' events: facts, but derived from the log
+    # alone, so a resume at this boundary's lifecycle part derives them again.
+    commands += [fact(t, e) for e in t.outcomes.drain(t.step)]
     if lifecycle:
         commands += t.compilation.facts()
         commands += t.driver.commands(t.step, t._touched_seed_states(), probe)

@@ -48,6 +48,7 @@ from esper_es.core.blending import BlendSchedule
 from esper_es.core.decider import layer_of
 from esper_es.core.decisions import AdaptationDecision, SeedStats
 from esper_es.core.ids import IdSource, derive_seed
+from esper_es.core.outcomes import OutcomeTracker
 from esper_es.library.database import check_library_file
 from esper_es.library.recorder import KernelRecorder, recorder_for
 from esper_es.nn.kernels import check_kernel_config, derive_init_seed, kernel_spec
@@ -154,6 +155,9 @@ class Trainer:
             self.optimizer,
             group_options={"lr": config.train.seed_lr, "weight_decay": config.train.weight_decay},
         )
+        #: Per-decision outcomes, folded from every projected event (`core.outcomes`).
+        self.outcomes = OutcomeTracker(config.controller.record_outcomes)
+        self.projector.observers.append(self.outcomes.observe)
         self.seed_telemetry = SeedTelemetry(decay=config.driver.signal_decay)
         self.recent_losses: deque[float] = deque(maxlen=config.driver.instability_window)
         self.contribution_batch = self._contribution_batch()

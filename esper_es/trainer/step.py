@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from esper_es.core.lifecycle import Stage
+from esper_es.trainer.schedule import apply_lr, lr_factor
 
 if TYPE_CHECKING:
     from esper_es.trainer.loop import Trainer
@@ -23,6 +24,13 @@ def train_step(t: Trainer, batch: Batch) -> float:
     loss.backward()  # type: ignore[no-untyped-call]
     if t.config.train.seed_training == "own_loss":
         train_seeds_on_own_loss(t, batch)
+    schedule = t.config.train
+    if schedule.lr_schedule != "constant":
+        horizon = schedule.epochs * t.steps_per_epoch()
+        factor = lr_factor(
+            schedule.lr_schedule, t.step, horizon, schedule.lr_warmup_steps, schedule.lr_min_factor
+        )
+        apply_lr(t.optimizer, factor)
     t.optimizer.step()
     value = float(loss.detach())
     if not math.isfinite(value):

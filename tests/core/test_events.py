@@ -51,6 +51,15 @@ BY_NAME: dict[str, Any] = {
     "from_branch": "main",
     "host": {"kind": "custom", "factory": "my_pkg.hosts:make_run"},
     "initial_weights": {"snapshot": "ab" * 32, "fingerprint": "sha256:" + "cd" * 32},
+    "parts": [
+        {
+            "seed": "layer1/0",
+            "role": "added",
+            "blueprint": "mlp",
+            "fate": "fossilized",
+            "contribution": 0.25,
+        },
+    ],  # fmt: skip
     "variant": {
         "shape": [32, 4, 8, 8],
         "dtype": "float32",

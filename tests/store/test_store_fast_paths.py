@@ -82,6 +82,25 @@ EXAMPLES: list[ev.Event] = [
         notes="",
         step=7,
     ),
+    ev.DecisionOutcomeMeasured(
+        decision_id="d",
+        layer="l",
+        strategy="replace",
+        source="controller",
+        decided_step=7,
+        step=40,
+        contribution=-0.125,
+        paid=False,
+        parts=[
+            {
+                "seed": "l/0",
+                "role": "removed",
+                "blueprint": None,
+                "fate": "removed",
+                "contribution": -0.125,
+            }
+        ],
+    ),  # fmt: skip
     ev.EpochCompleted(epoch=1, step=45, train_loss=0.5, val_loss=0.25, val_accuracy=None),
     ev.Checkpointed(
         epoch=1,
