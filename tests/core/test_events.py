@@ -59,7 +59,7 @@ BY_NAME: dict[str, Any] = {
             "fate": "fossilized",
             "contribution": 0.25,
         },
-    ],  # fmt: skip
+    ],
     "variant": {
         "shape": [32, 4, 8, 8],
         "dtype": "float32",

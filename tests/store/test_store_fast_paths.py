@@ -100,7 +100,7 @@ EXAMPLES: list[ev.Event] = [
                 "contribution": -0.125,
             }
         ],
-    ),  # fmt: skip
+    ),
     ev.EpochCompleted(epoch=1, step=45, train_loss=0.5, val_loss=0.25, val_accuracy=None),
     ev.Checkpointed(
         epoch=1,
