@@ -17,15 +17,6 @@ import sys
 from esper_es.errors import EXIT_OK
 from esper_es.store.copying import copy_run
 
-from .sign import Add
-
-
-def register(add: Add) -> None:
-    """Add the `copy` sub-command through main's `add`."""
-    sp = add("copy", cmd_copy, "copy a run between SQLite and PostgreSQL, chain intact")
-    sp.add_argument("src", help="the run to copy: a file, or postgresql://…[?schema=NAME]")
-    sp.add_argument("dst", help="a new run: a file, or postgresql://…[?schema=NAME]")
-
 
 def cmd_copy(args: argparse.Namespace) -> int:
     """Verify SRC, copy it to the new DST, verify DST: same head hash."""

@@ -16,8 +16,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from esper_es import __version__
-from esper_es.cli import copy as copy_cli
 from esper_es.cli import sign as sign_cli
 from esper_es.errors import (
     EXIT_ERROR,
@@ -59,15 +57,6 @@ class TrainingDiverged(EsperError):
             f"at seq {head_seq} and verifies. The same config diverges again: start a new run "
             "with a lower learning rate (train.lr, train.seed_lr)"
         )
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        # One line, like every other error (SPEC §9), naming where the usage is; `_fail`
-        # adds the program name, so it is not repeated here.
-        command = self.prog.removeprefix("esper-es").strip()
-        where = f"{command}: " if command else ""
-        raise UsageError(f"{where}{message} (usage: {self.prog} --help)")
 
 
 def _emit(args: argparse.Namespace, obj: dict[str, Any], text: Callable[[], None]) -> None:
@@ -583,181 +572,12 @@ def _branches(db: Any) -> list[dict[str, Any]]:
     return [{"name": b.name, "parent": b.parent, "fork_seq": b.fork_seq} for b in db.branches()]
 
 
-# --- parser ---------------------------------------------------------------------------
-
-
-# Seqs, seeds and counts are stored as SQLite INTEGERs (signed 64-bit): anything outside is a
-# usage error here rather than an OverflowError deep inside.
-_INT_MAX = 2**63 - 1
-
-
-def _int_at_least(low: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if not low <= value <= _INT_MAX:
-            raise argparse.ArgumentTypeError(f"must be between {low} and {_INT_MAX}, got {text}")
-        return value
-
-    parse.__name__ = "int"
-    return parse
-
-
-_natural = _int_at_least(0)  # seqs and seeds: 0 is valid
-_count = _int_at_least(1)  # epochs, limits, examples
-
-
-def _factory_option(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument(
-        "--factory",
-        metavar="MODULE:FUNCTION",
-        help="the run factory that rebuilds a custom host's run (overrides the recorded one)",
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every sub-command."""
-    p = _Parser(prog="esper-es", description="Event-sourced morphogenetic training.")
-    p.add_argument("--version", action="version", version=f"esper-es {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    def add(name: str, fn: Callable[[argparse.Namespace], int], help_: str) -> _Parser:
-        sp: _Parser = sub.add_parser(name, help=help_, description=help_)
-        sp.set_defaults(func=fn)
-        sp.add_argument("--json", action="store_true", help="print exactly one JSON object")
-        return sp
-
-    sp = add("train", cmd_train, "train the built-in task of a run config, with seeds")
-    sp.add_argument("--config", help="TOML run config (default: the built-in digits run)")
-    sp.add_argument("--db", help="run database to create (default: runs/<run_id>.db)")
-    sp.add_argument("--epochs", type=_count, help="override train.epochs")
-    sp.add_argument("--seed", type=_natural, help="master seed (default 0)")
-    sp.add_argument(
-        "--numerics",
-        choices=("native", "portable"),
-        help="override determinism.numerics: native (this CPU's fastest kernels, replays on "
-        "the same CPU model) or portable (replays on any x86-64 CPU with AVX2)",
-    )
-    sp = add("replay", cmd_replay, "re-execute a run from its log and check it bit for bit")
-    sp.add_argument("db")
-    sp.add_argument(
-        "--to", type=_natural, metavar="SEQ", help="stop after this seq (from a snapshot)"
-    )
-    sp.add_argument("--branch", default="main")
-    sp.add_argument("--out", metavar="FILE", help="write the model with its architecture")
-    sp.add_argument(
-        "--recompute-decisions",
-        action="store_true",
-        help="run the controller and driver live; report the first difference",
-    )
-    sp.add_argument(
-        "--allow-env-mismatch",
-        action="store_true",
-        help="replay even where the environment differs from the recorded one",
-    )
-    sp.add_argument(
-        "--compile",
-        choices=("on", "off"),
-        help="background kernel compilation on or off, whatever the run used (default: as "
-        "recorded); compilation never changes the numbers, so both reproduce the run",
-    )
-    _factory_option(sp)
-    sp = add("rollback", cmd_rollback, "open a branch whose state is the state at SEQ")
-    sp.add_argument("db")
-    sp.add_argument("--to", type=_natural, metavar="SEQ", required=True)
-    sp.add_argument("--allow-env-mismatch", action="store_true")
-    _factory_option(sp)
-    sp = add("resume", cmd_resume, "continue a stopped, crashed or rolled-back run")
-    sp.add_argument("db")
-    sp.add_argument("--epochs", type=_count, help="train to this many epochs in all")
-    sp.add_argument("--branch", help="the branch to continue (default: the newest)")
-    sp.add_argument("--allow-env-mismatch", action="store_true")
-    sp.add_argument(
-        "--library",
-        metavar="PATH",
-        help="record the continued run's kernel outcomes in this shared kernel library (the "
-        "path the run recorded is never written unless named here)",
-    )
-    _factory_option(sp)
-    sp = add("verify", cmd_verify, "check hash chain, gap-free sequence, schemas, stream versions")
-    sp.add_argument("db")
-    sign_cli.verify_options(sp)
-    sign_cli.register(add)
-    copy_cli.register(add)
-    sp = add("history", cmd_history, "the audit timeline, with causes")
-    sp.add_argument("db", help="run database")
-    sp.add_argument("--stream", help="only this stream, e.g. seed:layer1/0 (checked: must exist)")
-    sp.add_argument(
-        "--type",
-        action="append",
-        metavar="TYPE",
-        help="only events of this type, e.g. SeedGerminated; repeat for several",
-    )
-    sp.add_argument("--branch", default="main", help="branch to read (default: main)")
-    sp.add_argument("--limit", type=_count, metavar="N", help="only the first N events")
-    sp.add_argument("--tail", type=_count, metavar="N", help="only the last N events")
-    sp.add_argument("--full", action="store_true", help="untruncated reasons, telemetry and causes")
-    sp.add_argument(
-        "--format",
-        choices=("table", "json", "csv"),
-        default="table",
-        help="table (fits the terminal), json (one event per line) or csv (default: table)",
-    )
-    sp.add_argument(
-        "--follow", action="store_true", help="keep printing a live run's events until it stops"
-    )
-    sp = add("runs", cmd_runs, "list the runs in a folder: when, what, how they ended")
-    sp.add_argument(
-        "dir", nargs="?", default="runs", help="folder of run databases (default: runs)"
-    )
-    sp = add("export", cmd_export, "a run's metrics as CSV or TensorBoard scalars")
-    sp.add_argument("db", help="run database")
-    sp.add_argument("--format", choices=("csv", "tensorboard"), default="csv", help="default: csv")
-    sp.add_argument("--out", help="CSV file (default: stdout) or TensorBoard log folder (required)")
-    sp.add_argument("--branch", default="main", help="branch to export (default: main)")
-    sp = add("inspect", cmd_inspect, "seed states, alphas and fingerprint at a point")
-    sp.add_argument("db")
-    sp.add_argument(
-        "--at", type=_natural, metavar="SEQ", help="state after this seq (default: head)"
-    )
-    sp.add_argument("--branch", default="main")
-    sp = add("report", cmd_report, "write an HTML report with plots of a run")
-    sp.add_argument("db")
-    sp.add_argument("-o", "--out", required=True, metavar="DIR", help="directory to write into")
-    sp = add("simulate", cmd_simulate, "drive the real command path with a synthetic controller")
-    sp.add_argument("--db", required=True)
-    sp.add_argument("--seeds", type=_count, default=64)
-    sp.add_argument("--events", type=_natural, default=10_000)
-    sp.add_argument("--seed", type=_natural, default=0)
-    sp.add_argument("--config", help="TOML run config")
-    sp = add("check-lifecycle", cmd_check_lifecycle, "property-test the lifecycle of a config")
-    sp.add_argument("--config", help="TOML run config")
-    sp.add_argument("--examples", type=_count, default=200)
-    sp.add_argument("--seed", type=_natural, help="derandomise with this seed")
-    sp = add("diagram", cmd_diagram, "the lifecycle as a state diagram")
-    sp.add_argument(
-        "--format",
-        choices=("mermaid", "dot", "png", "svg"),
-        default="mermaid",
-        help="text source (mermaid, dot) on stdout, or an image (png, svg) written to --out",
-    )
-    sp.add_argument("--out", help="where the png or svg image goes")
-    return p
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `esper-es` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     want_json = "--json" in argv
-    args: argparse.Namespace | None = None
     try:
-        args = build_parser().parse_args(argv)
-        _pin_numerics(args)
-        return int(args.func(args))
-    except SystemExit as exc:  # --help and --version
-        return int(exc.code or 0)
+        return _parse_and_run(argv)
     except BrokenPipeError:
         # The reader went away (e.g. `| head`): not an error of ours; stay quiet.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -780,15 +600,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             extra = {"ok": False, "first_bad_seq": exc.seq, "reason": exc.reason}
         _fail(want_json, type(exc).__name__, str(exc), exc.exit_code, extra)
         return exc.exit_code
-    except sqlite3.DatabaseError as exc:
-        # Reached only where a command did not classify it itself: a full disk, an I/O error
-        # or a vanished file during a write. Never a traceback, never a false tamper alarm
-        # for what the file system refused.
-        from esper_es.store.sqlite_files import sqlite_failure
-
-        failure = sqlite_failure(Path(str(getattr(args, "db", None) or "the database")), exc)
-        _fail(want_json, type(failure).__name__, str(failure), failure.exit_code, {})
-        return failure.exit_code
     except (OSError, KeyError, ValueError) as exc:
         # str() of a KeyError is its repr, quotes and all; the message is its argument.
         text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
@@ -796,6 +607,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except Exception as exc:
         return _internal_error(want_json, exc)
+
+
+def _parse_and_run(argv: list[str]) -> int:
+    """Run the command line through the click grammar; its usage errors become ours."""
+    import click
+
+    from esper_es.cli import app
+
+    try:
+        return app.parse_and_run(argv)
+    except click.exceptions.NoArgsIsHelpError:
+        names = ", ".join(sorted(app.cli.commands))
+        raise UsageError(f"a command is required: {names} (usage: esper-es --help)") from None
+    except click.UsageError as exc:
+        path = exc.ctx.command_path if exc.ctx is not None else "esper-es"
+        where = path.removeprefix("esper-es").strip()
+        where = f"{where}: " if where else ""
+        raise UsageError(f"{where}{exc.format_message()} (usage: {path} --help)") from None
+    except click.exceptions.Abort:
+        # click turns Ctrl-C during a command into Abort; it is still an interruption.
+        raise KeyboardInterrupt from None
+
+
+def _run_command(args: argparse.Namespace, fn: Callable[[argparse.Namespace], int]) -> int:
+    """Run one parsed command; an SQLite failure it did not classify names its database."""
+    try:
+        return int(fn(args))
+    except sqlite3.DatabaseError as exc:
+        # A full disk, an I/O error or a vanished file during a write: never a traceback,
+        # never a false tamper alarm for what the file system refused.
+        from esper_es.store.sqlite_files import sqlite_failure
+
+        raise sqlite_failure(Path(str(getattr(args, "db", None) or "the database")), exc) from None
 
 
 def _internal_error(want_json: bool, exc: Exception) -> int:

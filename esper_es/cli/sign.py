@@ -15,7 +15,6 @@ import argparse
 import json
 import re
 import sys
-from collections.abc import Callable
 from typing import Any
 
 from esper_es.errors import EXIT_OK, EXIT_USAGE, EsperError
@@ -23,42 +22,11 @@ from esper_es.store.pg_location import describe as describe_location
 
 _HASH = re.compile(r"^(sha256:)?[0-9a-fA-F]{64}$")
 
-Add = Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser]
-
 
 class SignOptionError(EsperError):
     """A signature option of `verify` is malformed or out of place."""
 
     exit_code = EXIT_USAGE
-
-
-def register(add: Add) -> None:
-    """Add the `sign` and `keygen` sub-commands through main's `add`."""
-    sp = add("sign", cmd_sign, "verify a run database, then sign its chain head (Ed25519)")
-    sp.add_argument("db")
-    sp.add_argument("--key", required=True, metavar="K", help="PEM private key (PKCS8)")
-    sp = add("keygen", cmd_keygen, "write a new Ed25519 key pair for signing runs")
-    sp.add_argument("--out", required=True, metavar="K", help="private key file; public: K.pub")
-    sp.add_argument("--force", action="store_true", help="replace existing key files")
-
-
-def verify_options(sp: argparse.ArgumentParser) -> None:
-    """The signature options of `verify`."""
-    sp.add_argument(
-        "--key",
-        metavar="PUB",
-        help="PEM public key: require its signatures to hold and to cover the head",
-    )
-    sp.add_argument(
-        "--allow-unsigned-tail",
-        action="store_true",
-        help="with --key: pass when events follow the last signed seq (reported)",
-    )
-    sp.add_argument(
-        "--expect-head",
-        metavar="HASH",
-        help="require the chain's head hash to be HASH (kept elsewhere, e.g. from sign)",
-    )
 
 
 def check_verified(args: argparse.Namespace, head_seq: int, head_hash: str) -> dict[str, Any]:
