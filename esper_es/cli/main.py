@@ -59,6 +59,13 @@ class TrainingDiverged(EsperError):
         )
 
 
+def _feedback(args: argparse.Namespace) -> Any:
+    """The command's progress on stderr (off with --json, whose stdout is one object)."""
+    from esper_es.cli.feedback import Feedback
+
+    return Feedback(args.command, enabled=not getattr(args, "json", False))
+
+
 def _emit(args: argparse.Namespace, obj: dict[str, Any], text: Callable[[], None]) -> None:
     if getattr(args, "json", False):
         sys.stdout.write(json.dumps(obj, sort_keys=True, default=str) + "\n")
@@ -82,7 +89,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """Check hash chain, gap-free sequence, schemas, stream versions."""
     from esper_es.store.verify import verify
 
-    report = verify(args.db)
+    with _feedback(args).phase(f"verifying {args.db}"):
+        report = verify(args.db)
     extra = sign_cli.check_verified(args, report.head_seq, report.head_hash)
     obj = {
         "ok": True,
@@ -268,11 +276,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.seeds < 1 or args.events < 0:
         raise UsageError("--seeds must be at least 1 and --events at least 0")
-    progress = None if args.json or not sys.stderr.isatty() else _progress(args.events)
-    report = simulate(
-        args.db, seeds=args.seeds, events=args.events, seed=args.seed, config=config,
-        on_step=progress,
-    )  # fmt: skip
+    feedback = _feedback(args)
+    count = feedback.counter("events", args.events) if feedback.enabled else None
+    with feedback.phase(f"writing {args.events} events into {args.db}"):
+        report = simulate(
+            args.db, seeds=args.seeds, events=args.events, seed=args.seed, config=config,
+            on_step=None if count is None else (lambda _step, head: count(min(head, args.events))),
+        )  # fmt: skip
     obj = {
         "run_id": report.run_id,
         "branch": "main",
@@ -303,8 +313,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     import attrs
 
     from esper_es.config import load_config
-    from esper_es.trainer.api import built_in_trainer
 
+    feedback = _feedback(args)
     config = load_config(args.config)
     if args.numerics is not None:
         config = attrs.evolve(
@@ -315,10 +325,15 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UsageError("--epochs must be at least 1")
         config = attrs.evolve(config, train=attrs.evolve(config.train, epochs=args.epochs))
     seed = 0 if args.seed is None else args.seed
-    progress = not args.json and sys.stderr.isatty()
-    trainer = built_in_trainer(config, seed=seed, db_path=args.db or "", progress=progress)
+    with feedback.phase("importing torch and the trainer"):
+        from esper_es.trainer.api import built_in_trainer
+    with feedback.phase(f"preparing the {config.host.task} task: data, host, seed layers"):
+        trainer = built_in_trainer(
+            config, seed=seed, db_path=args.db or "", progress=feedback.enabled
+        )
     if args.db is None:
         trainer.db_path = Path("runs") / f"{trainer.run_id}.db"
+    feedback.note(f"training {config.train.epochs} epochs into {trainer.db_path}")
     result = trainer.run()
     if result.diverged is not None:
         raise TrainingDiverged(result.diverged, result.db, result.head_seq)
@@ -357,6 +372,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print("seeds: " + ", ".join(f"{k} {v}" for k, v in result.seeds.items()))
         print(f"events written: {result.events}  fingerprint: {result.fingerprint}")
         print(f"run database: {result.db}")
+        if result.interrupted:
+            print(f"continue it with: esper-es resume {result.db}")
 
     _emit(args, obj, text)
     return EXIT_INTERRUPTED if result.interrupted else EXIT_OK
@@ -374,16 +391,25 @@ def _factory(args: argparse.Namespace) -> Any:
 def cmd_replay(args: argparse.Namespace) -> int:
     """Re-execute a run from its log and check it bit for bit."""
     from esper_es.errors import EXIT_VERIFY
-    from esper_es.replay import Divergence, replay
+
+    feedback = _feedback(args)
+    with feedback.phase("importing torch and the trainer"):
+        from esper_es.replay import Divergence, replay
+
+    def show_epochs(trainer: Any) -> None:
+        trainer.progress = feedback.enabled
+        trainer.progress_label = "replay"
 
     try:
-        result = replay(
-            args.db, to_seq=args.to, branch=args.branch, out=args.out,
-            recompute_decisions=args.recompute_decisions,
-            allow_env_mismatch=args.allow_env_mismatch,
-            trainer_factory=_factory(args),
-            compile=None if args.compile is None else args.compile == "on",
-        )  # fmt: skip
+        with feedback.phase(f"replaying {args.db} (branch {args.branch})"):
+            result = replay(
+                args.db, to_seq=args.to, branch=args.branch, out=args.out,
+                recompute_decisions=args.recompute_decisions,
+                allow_env_mismatch=args.allow_env_mismatch,
+                trainer_factory=_factory(args),
+                compile=None if args.compile is None else args.compile == "on",
+                after_restore=show_epochs,
+            )  # fmt: skip
     except Divergence as exc:
         print(f"esper-es: {one_line(str(exc))}", file=sys.stderr)
         obj = {"error": "Divergence", "message": str(exc), "exit_code": EXIT_VERIFY}
@@ -411,12 +437,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     """Open a branch whose state is the state at SEQ."""
-    from esper_es.replay import rollback
-
-    obj = rollback(
-        args.db, args.to, allow_env_mismatch=args.allow_env_mismatch,
-        trainer_factory=_factory(args),
-    )  # fmt: skip
+    feedback = _feedback(args)
+    with feedback.phase("importing torch and the trainer"):
+        from esper_es.replay import rollback
+    with feedback.phase(f"rebuilding the state at seq {args.to}"):
+        obj = rollback(
+            args.db, args.to, allow_env_mismatch=args.allow_env_mismatch,
+            trainer_factory=_factory(args),
+        )  # fmt: skip
     _emit(
         args,
         obj,
@@ -431,42 +459,37 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     """Continue a stopped, crashed or rolled-back run."""
-    from esper_es.replay import resume
-
     if args.epochs is not None and args.epochs < 1:
         raise UsageError("--epochs must be at least 1")
-    result = resume(
-        args.db, epochs=args.epochs, branch=args.branch,
-        allow_env_mismatch=args.allow_env_mismatch, trainer_factory=_factory(args),
-        library=args.library,
-    )  # fmt: skip
+    feedback = _feedback(args)
+    with feedback.phase("importing torch and the trainer"):
+        from esper_es.replay import resume
+    with feedback.phase(f"resuming {args.db}"):
+        result = resume(
+            args.db, epochs=args.epochs, branch=args.branch,
+            allow_env_mismatch=args.allow_env_mismatch, trainer_factory=_factory(args),
+            library=args.library,
+        )  # fmt: skip
     obj = {**result.to_dict(), "seconds": round(result.seconds, 3)}
-    _emit(
-        args,
-        obj,
-        lambda: print(
-            f"run {result.run_id} branch {result.branch} "
-            f"{'interrupted' if result.interrupted else 'completed'} at step {result.steps} "
-            f"(epoch {result.epochs}), head seq {result.head_seq}\n"
-            f"fingerprint: {result.fingerprint}"
-        ),
-    )
+
+    def text() -> None:
+        state = "interrupted" if result.interrupted else "completed"
+        print(
+            f"run {result.run_id} branch {result.branch} {state} at step {result.steps} "
+            f"(epoch {result.epochs}), head seq {result.head_seq}"
+        )
+        if result.accuracy_end is not None:
+            print(
+                f"accuracy: {100 * result.accuracy_end:.2f} %  (val loss {result.val_loss_end:.4f})"
+            )
+        else:
+            print(f"val loss: {result.val_loss_end:.4f}")
+        print(f"fingerprint: {result.fingerprint}")
+        if result.interrupted:
+            print(f"continue it with: esper-es resume {args.db} --branch {result.branch}")
+
+    _emit(args, obj, text)
     return EXIT_INTERRUPTED if result.interrupted else EXIT_OK
-
-
-def _progress(total: int) -> Callable[[int, int], None]:
-    from rich.console import Console
-
-    console = Console(stderr=True)
-    every = max(1, total // 20)
-    last = [0]
-
-    def show(step: int, head: int) -> None:
-        if head - last[0] >= every:
-            last[0] = head
-            console.print(f"step {step}: {head}/{total} events", highlight=False)
-
-    return show
 
 
 def cmd_check_lifecycle(args: argparse.Namespace) -> int:
@@ -484,7 +507,8 @@ def cmd_check_lifecycle(args: argparse.Namespace) -> int:
         os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", scratch)
         from esper_es.check_lifecycle import check_lifecycle
 
-        result = check_lifecycle(config.lifecycle, examples=args.examples, seed=args.seed)
+        with _feedback(args).phase(f"running {args.examples} random command sequences"):
+            result = check_lifecycle(config.lifecycle, examples=args.examples, seed=args.seed)
     obj = {
         "passed": result.passed,
         "examples": result.examples,
@@ -532,9 +556,11 @@ def cmd_diagram(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Write a self-contained HTML report with plots of a run into a directory."""
-    from esper_es.report import write_report
-
-    files = write_report(args.db, args.out)
+    feedback = _feedback(args)
+    with feedback.phase("importing matplotlib"):
+        from esper_es.report import write_report
+    with feedback.phase(f"reading {args.db} and drawing the plots"):
+        files = write_report(args.db, args.out)
     rep = files.report
     newest = rep.newest
     obj = {

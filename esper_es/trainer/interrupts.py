@@ -41,9 +41,11 @@ def stop_on_sigint(trainer: Trainer) -> Any:
 def progress_bar(
     trainer: Trainer, total: int | None
 ) -> Callable[[int | None, float | None], None] | None:
-    """A rich progress bar's update function on a TTY when asked for, else None."""
-    if not (trainer.progress and sys.stderr.isatty()):
+    """When asked for: a rich progress bar on a terminal, a line per epoch off one."""
+    if not trainer.progress:
         return None
+    if not sys.stderr.isatty():
+        return _epoch_lines(trainer, total)
     from rich.progress import Progress
 
     bar = Progress(transient=True)
@@ -55,5 +57,23 @@ def progress_bar(
             bar.stop()
             return
         bar.update(task, completed=step, description=f"epoch {trainer.epoch} loss {loss:.4f}")
+
+    return update
+
+
+def _epoch_lines(trainer: Trainer, total: int | None) -> Callable[[int | None, float | None], None]:
+    # Off a terminal (CI logs, `| tee`) a bar is noise; one line per finished epoch is not.
+    per_epoch = trainer.steps_per_epoch()
+    epochs = f"/{total // per_epoch}" if total and per_epoch else ""
+    label = getattr(trainer, "progress_label", "train")
+
+    def update(step: int | None, loss: float | None) -> None:
+        if step is None or not per_epoch or step % per_epoch:
+            return
+        shown = "" if loss is None else f", loss {loss:.4f}"
+        sys.stderr.write(
+            f"esper-es {label}: epoch {step // per_epoch}{epochs} (step {step}{shown})\n"
+        )
+        sys.stderr.flush()
 
     return update
