@@ -145,6 +145,7 @@ def cli() -> None:
         "esper-es train",
         "esper-es train --config configs/text.toml --epochs 4",
         "esper-es train --db runs/exp1.db --seed 3 --numerics portable",
+        "esper-es train --out model.pt",
     ),
 )
 @click.option(
@@ -156,6 +157,13 @@ def cli() -> None:
     "--db",
     type=DB_PATH,
     help="Run database to create.  [default: runs/<run_id>.db]",
+)
+@click.option(
+    "--out",
+    type=click.Path(),
+    metavar="FILE",
+    help="Where the grown model goes (load it with esper_es.replay.load_model).  "
+    "[default: beside the run database, as <name>.pt]",
 )
 @click.option("--epochs", type=COUNT, help="Override train.epochs of the config.")
 @click.option("--seed", type=NATURAL, help="Master seed.  [default: 0]")

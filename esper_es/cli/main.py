@@ -333,10 +333,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     if args.db is None:
         trainer.db_path = Path("runs") / f"{trainer.run_id}.db"
+    model_path = Path(args.out) if args.out else Path(trainer.db_path).with_suffix(".pt")
+    from esper_es.replay.export import check_writable
+
+    check_writable(model_path)  # before training, not after it
     feedback.note(f"training {config.train.epochs} epochs into {trainer.db_path}")
     result = trainer.run()
     if result.diverged is not None:
         raise TrainingDiverged(result.diverged, result.db, result.head_seq)
+    with feedback.phase(f"writing the grown model to {model_path}"):
+        _write_trained_model(trainer, result, model_path)
     obj = {
         "run_id": result.run_id,
         "branch": result.branch,
@@ -353,6 +359,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "interrupted": result.interrupted,
         "seconds": round(result.seconds, 3),
         "db": result.db,
+        "model": str(model_path),
     }
 
     def text() -> None:
@@ -372,11 +379,26 @@ def cmd_train(args: argparse.Namespace) -> int:
         print("seeds: " + ", ".join(f"{k} {v}" for k, v in result.seeds.items()))
         print(f"events written: {result.events}  fingerprint: {result.fingerprint}")
         print(f"run database: {result.db}")
+        print(f"model: {model_path} (load with esper_es.replay.load_model)")
         if result.interrupted:
             print(f"continue it with: esper-es resume {result.db}")
 
     _emit(args, obj, text)
     return EXIT_INTERRUPTED if result.interrupted else EXIT_OK
+
+
+def _write_trained_model(trainer: Any, result: Any, path: Path) -> None:
+    """The grown model with what rebuilds its architecture, as `replay --out` writes it."""
+    from esper_es.replay.export import export_model
+    from esper_es.store.database import RunDatabase
+
+    with RunDatabase.open(result.db, readonly=True) as db:
+        events = list(db.read(branch=result.branch))
+    started = next(rec for rec in events if rec.type == "RunStarted").payload
+    export_model(
+        path, trainer.model, run_id=result.run_id, branch=result.branch, seq=result.head_seq,
+        config=started["config"], master_seed=started["master_seed"], events=events,
+    )  # fmt: skip
 
 
 def _factory(args: argparse.Namespace) -> Any:
