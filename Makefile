@@ -6,20 +6,24 @@ STAMP := $(VENV)/.installed
 .PHONY: venv run test test-all lint bench clean
 
 $(STAMP): pyproject.toml
+	@echo "make: creating $(VENV) (first time only: about 2 minutes)"
 	python3 -m venv $(VENV)
+	@echo "make: installing torch 2.13.0, CPU build (about a minute)"
 	# torch pinned to the CPU build for this project's machines (the package itself accepts >=2.2).
-	$(PY) -m pip install -q "torch==2.13.0"
-	$(PY) -m pip install -q -e ".[dev,bench]"
+	$(PY) -m pip install -q --disable-pip-version-check "torch==2.13.0"
+	@echo "make: installing esper-es with its dev and bench extras (about a minute)"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev,bench]"
 	touch $(STAMP)
+	@echo "make: $(VENV) is ready"
 
 venv: $(STAMP)
 
 ## The main job on the built-in default: train the example CNN on scikit-learn's digits
-## with seed layers and the heuristic controller, then verify the run's log.
+## with seed layers and the heuristic controller, then verify the run's log. Each run gets
+## its own file (earlier runs are kept: `esper-es runs` lists them).
 run: $(STAMP)
-	rm -f runs/default.db runs/default.db.*
-	$(VENV)/bin/esper-es train --db runs/default.db
-	$(VENV)/bin/esper-es verify runs/default.db
+	@db=runs/$$(date +%Y%m%d-%H%M%S)-make-run.db; \
+	$(VENV)/bin/esper-es train --db $$db && $(VENV)/bin/esper-es verify $$db
 
 ## Lint, types and the fast test suite (what CI runs).
 test: $(STAMP)

@@ -156,7 +156,7 @@ def cli() -> None:
 @click.option(
     "--db",
     type=DB_PATH,
-    help="Run database to create.  [default: runs/<run_id>.db]",
+    help="Run database to create.  [default: runs/<local time>-<config>.db]",
 )
 @click.option(
     "--out",

@@ -332,8 +332,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             config, seed=seed, db_path=args.db or "", progress=feedback.enabled
         )
     if args.db is None:
-        trainer.db_path = Path("runs") / f"{trainer.run_id}.db"
+        trainer.db_path = _readable_run_path(args.config)
     model_path = Path(args.out) if args.out else Path(trainer.db_path).with_suffix(".pt")
+    if not args.out:
+        # The run's folder is the database's to create (runs/ on a first run); --out's is not.
+        model_path.parent.mkdir(parents=True, exist_ok=True)
     from esper_es.replay.export import check_writable
 
     check_writable(model_path)  # before training, not after it
@@ -385,6 +388,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     _emit(args, obj, text)
     return EXIT_INTERRUPTED if result.interrupted else EXIT_OK
+
+
+def _readable_run_path(config: str | None, folder: Path = Path("runs")) -> Path:
+    """`runs/<local time>-<config>.db`, e.g. runs/20261129-051427-digits.db; never an
+    existing file (a second run in the same second gets -2, -3, ...)."""
+    import time
+
+    stem = Path(config).stem if config else "digits"
+    base = f"{time.strftime('%Y%m%d-%H%M%S')}-{stem}"
+    path, n = folder / f"{base}.db", 1
+    while path.exists():
+        n += 1
+        path = folder / f"{base}-{n}.db"
+    return path
 
 
 def _write_trained_model(trainer: Any, result: Any, path: Path) -> None:
