@@ -19,18 +19,21 @@ END = "<!-- END command reference -->"
 WIDTH = 100
 
 
+def _context(command: click.Command, parent: click.Context | None, name: str) -> click.Context:
+    # The command's own settings (its -h alias among them), as `make_context` would apply.
+    settings = {**command.context_settings, "terminal_width": WIDTH, "max_content_width": WIDTH}
+    return click.Context(command, info_name=name, parent=parent, **settings)
+
+
 def _help(command: click.Command, parent: click.Context | None, name: str) -> str:
-    ctx = click.Context(
-        command, info_name=name, parent=parent, terminal_width=WIDTH, max_content_width=WIDTH
-    )
-    return command.get_help(ctx)
+    return command.get_help(_context(command, parent, name))
 
 
 def render_block() -> str:
     """The generated reference: the top-level help, then each command's, in listed order."""
     from esper_es.cli.app import cli
 
-    top = click.Context(cli, info_name="esper-es", terminal_width=WIDTH, max_content_width=WIDTH)
+    top = _context(cli, None, "esper-es")
     parts = [BEGIN, "", "### `esper-es --help`", "", "```text", cli.get_help(top), "```"]
     for name in cli.list_commands(top):
         command = cli.commands[name]
