@@ -141,7 +141,7 @@ class RunDatabase(BranchIndex):
             os.replace(staging, p)
             conn = connect(p)
         except BaseException:
-            release_writer_lock(lock_fd)
+            release_writer_lock(lock_fd, p)
             raise
         trail = AuditTrail(audit_path(p), run_id) if audit else None
         return cls(p, conn, readonly=False, lock_fd=lock_fd, audit=trail)
@@ -178,7 +178,7 @@ class RunDatabase(BranchIndex):
             # the `-wal` / `-shm` files it opened beside a file that was refused.
             if conn is not None:
                 conn.close()
-            release_writer_lock(lock_fd)
+            release_writer_lock(lock_fd, p)
             if isinstance(exc, sqlite3.DatabaseError):
                 raise sqlite_failure(p, exc) from None
             raise
@@ -195,7 +195,7 @@ class RunDatabase(BranchIndex):
             self._conn = None  # type: ignore[assignment]
             if self._audit is not None:
                 self._audit.close()
-            release_writer_lock(self._lock_fd)
+            release_writer_lock(self._lock_fd, self.path)
             self._lock_fd = None
 
     def __enter__(self) -> RunDatabase:

@@ -265,24 +265,44 @@ def never_committed(path: Path) -> bool:
 
 
 def take_writer_lock(path: Path) -> int:
+    """Hold `<db>.lock` (flock, exclusive, non-blocking) for this process; it names our pid."""
     lp = lock_path(path)
-    fd = os.open(lp, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 64, 0).decode("utf-8", "replace").strip()
-        os.close(fd)
-        raise DatabaseLocked(str(path), f"pid {holder}" if holder else "") from None
+    while True:
+        fd = os.open(lp, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode("utf-8", "replace").strip()
+            os.close(fd)
+            raise DatabaseLocked(str(path), f"pid {holder}" if holder else "") from None
+        # A writer removes the lock file when it lets go (no file is left behind), so the
+        # file locked here may have been unlinked between our open and our flock: only the
+        # file still at the path counts; otherwise try again on the one there now.
+        try:
+            on_disk = os.stat(lp)
+        except FileNotFoundError:
+            os.close(fd)
+            continue
+        held = os.fstat(fd)
+        if (on_disk.st_dev, on_disk.st_ino) != (held.st_dev, held.st_ino):
+            os.close(fd)
+            continue
+        break
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
     return fd
 
 
-def release_writer_lock(fd: int | None) -> None:
+def release_writer_lock(fd: int | None, path: Path | None = None) -> None:
+    """Let go of the writer lock, removing `<db>.lock` first when `path` is given."""
     if fd is None:
         return
     with contextlib.suppress(OSError):
         os.ftruncate(fd, 0)
+        if path is not None:
+            # Unlinked while still held: a process that opened the old file finds it gone
+            # (or replaced) after its flock and retries, so two writers never coexist.
+            os.unlink(lock_path(path))
         fcntl.flock(fd, fcntl.LOCK_UN)
     os.close(fd)
 

@@ -67,7 +67,7 @@ def test_a_valid_database_in_a_read_only_directory_verifies(tmp_path: Path) -> N
     assert proc.returncode == 0, proc.stderr
     verified, inspected = (json.loads(line) for line in proc.stdout.strip().splitlines())
     assert verified["ok"] is True and inspected["at_seq"] == 10
-    assert sorted(p.name for p in src.iterdir()) == ["run.db", "run.db.audit.jsonl", "run.db.lock"]
+    assert sorted(p.name for p in src.iterdir()) == ["run.db", "run.db.audit.jsonl"]
 
 
 @pytest.mark.skipif(not NAMESPACES, reason="needs root and mount namespaces for a tiny tmpfs")

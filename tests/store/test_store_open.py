@@ -231,3 +231,51 @@ def test_refused_writer_open_leaves_no_lock_behind(tmp_path: Path) -> None:
     ):  # a lock leaked by the first attempt would turn the second into DatabaseLocked
         with pytest.raises(NotARunDatabase):
             RunDatabase.open(path)
+
+
+def test_a_writer_leaves_no_lock_file_and_the_lock_still_excludes(tmp_path) -> None:
+    from esper_es.errors import DatabaseLocked
+    from esper_es.store.database import RunDatabase
+
+    db_path = tmp_path / "r.db"
+    with RunDatabase.create(db_path, "run-lock") as db:
+        assert (tmp_path / "r.db.lock").exists()
+        # A second writer is refused while the first holds the lock ...
+        with pytest.raises(DatabaseLocked):
+            RunDatabase.open(db_path)
+        assert db.head_seq() == 0
+    # ... and once it has let go, nothing is left beside the database.
+    assert not (tmp_path / "r.db.lock").exists()
+    with RunDatabase.open(db_path):
+        assert (tmp_path / "r.db.lock").exists()
+    assert not (tmp_path / "r.db.lock").exists()
+
+
+def test_a_lock_file_replaced_under_a_waiting_writer_is_not_trusted(tmp_path, monkeypatch) -> None:
+    import os
+
+    from esper_es.store import sqlite_files
+
+    path = tmp_path / "r.db"
+    lock = sqlite_files.lock_path(path)
+    real_flock = sqlite_files.fcntl.flock
+    swapped = []
+
+    def flock_then_swap(fd: int, op: int) -> None:
+        real_flock(fd, op)
+        if not swapped and op & sqlite_files.fcntl.LOCK_EX:
+            # What a releasing writer does between our open and our flock: the file we
+            # opened is unlinked and a new one appears at the path.
+            swapped.append(1)
+            os.unlink(lock)
+            lock.write_text("")
+
+    monkeypatch.setattr(sqlite_files.fcntl, "flock", flock_then_swap)
+    fd = sqlite_files.take_writer_lock(path)
+    try:
+        # The lock held is on the file now at the path, not on the unlinked one.
+        assert os.fstat(fd).st_ino == os.stat(lock).st_ino
+        assert swapped == [1]
+    finally:
+        sqlite_files.release_writer_lock(fd, path)
+    assert not lock.exists()
