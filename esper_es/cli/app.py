@@ -165,6 +165,11 @@ def cli() -> None:
     help="Where the grown model goes (load it with esper_es.replay.load_model).  "
     "[default: beside the run database, as <name>.pt]",
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace the run database at --db if there is one (not while another process writes it).",
+)
 @click.option("--epochs", type=COUNT, help="Override train.epochs of the config.")
 @click.option("--seed", type=NATURAL, help="Master seed.  [default: 0]")
 @click.option(

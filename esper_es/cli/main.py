@@ -333,6 +333,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     if args.db is None:
         trainer.db_path = _readable_run_path(args.config)
+    elif args.force:
+        _remove_run_file(Path(args.db))
     model_path = Path(args.out) if args.out else Path(trainer.db_path).with_suffix(".pt")
     if not args.out:
         # The run's folder is the database's to create (runs/ on a first run); --out's is not.
@@ -388,6 +390,22 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     _emit(args, obj, text)
     return EXIT_INTERRUPTED if result.interrupted else EXIT_OK
+
+
+def _remove_run_file(path: Path) -> None:
+    """`train --force`: remove the run database at `path` and its side files, after checking
+    that it is a run database and that no process is writing it (exit 2 / exit 5)."""
+    from esper_es.store.database import RunDatabase
+    from esper_es.store.pg_location import is_postgres
+
+    if is_postgres(str(path)):
+        raise UsageError("train: --force replaces files only; drop the schema yourself")
+    if not path.exists():
+        return
+    # Opened for writing: refuses a file that is not a run database, and a live writer.
+    RunDatabase.open(path, audit=False).close()
+    for suffix in ("", "-wal", "-shm", ".audit.jsonl"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
 
 
 def _readable_run_path(config: str | None, folder: Path = Path("runs")) -> Path:

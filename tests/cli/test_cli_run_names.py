@@ -37,3 +37,19 @@ def test_train_without_db_writes_a_readable_name(cli, tmp_path: Path, monkeypatc
     assert db.parent == Path("runs")
     assert re.fullmatch(r"\d{8}-\d{6}-digits\.db", db.name)
     assert (tmp_path / db).is_file() and (tmp_path / db.with_suffix(".pt")).is_file()
+
+
+def test_force_replaces_an_existing_run_and_only_a_run(cli, tmp_path: Path) -> None:
+    db = tmp_path / "r.db"
+    first = cli("train", "--db", db, "--epochs", 1, "--json").json()
+    again = cli("train", "--db", db, "--epochs", 1, "--json")
+    assert again.code == 2 and "already exists" in again.json()["message"]
+    forced = cli("train", "--db", db, "--epochs", 1, "--force", "--json")
+    assert forced.code == 0, forced.err
+    assert forced.json()["run_id"] != first["run_id"]
+    assert cli("verify", db).code == 0
+    other = tmp_path / "notes.db"
+    other.write_text("my notes")
+    refused = cli("train", "--db", other, "--epochs", 1, "--force", "--json")
+    assert refused.code == 2
+    assert other.read_text() == "my notes"
