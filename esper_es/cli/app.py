@@ -198,7 +198,7 @@ def train(**values: Any) -> int:
 )
 @_db_argument
 @click.option("--to", type=NATURAL, metavar="SEQ", help="Stop after this seq (from a snapshot).")
-@_branch_option("main", "Branch to replay.")
+@_branch_option(None, "Branch to replay.  [default: the newest]")
 @click.option(
     "--out",
     type=click.Path(),
@@ -354,7 +354,7 @@ def runs(**values: Any) -> int:
     metavar="TYPE",
     help="Only events of this type, e.g. SeedGerminated; repeat for several.",
 )
-@_branch_option("main", "Branch to read.")
+@_branch_option(None, "Branch to read.  [default: the newest]")
 @click.option("--limit", type=COUNT, metavar="N", help="Only the first N events.")
 @click.option("--tail", type=COUNT, metavar="N", help="Only the last N events.")
 @click.option("--full", is_flag=True, help="Untruncated reasons, telemetry and ids (wrapped).")
@@ -384,7 +384,7 @@ def history(**values: Any) -> int:
 @click.option(
     "--at", type=NATURAL, metavar="SEQ", help="State after this seq.  [default: the head]"
 )
-@_branch_option("main", "Branch to read.")
+@_branch_option(None, "Branch to read.  [default: the newest]")
 @_json_option
 def inspect(**values: Any) -> int:
     """Seed stages, alphas and fingerprint at a point.
@@ -414,7 +414,7 @@ def inspect(**values: Any) -> int:
     type=click.Path(),
     help="CSV file (default: stdout), or the TensorBoard log folder (required).",
 )
-@_branch_option("main", "Branch to export.")
+@_branch_option(None, "Branch to export.  [default: the newest]")
 @_json_option
 def export(**values: Any) -> int:
     """Export a run's metrics as CSV or TensorBoard.

@@ -27,7 +27,7 @@ from esper_es.errors import (
     TamperDetected,
     UnknownBranch,
 )
-from esper_es.store.pg_location import describe
+from esper_es.store.pg_location import describe, is_postgres
 
 EXIT_INTERRUPTED = 130
 #: Import name -> the extra that installs it.
@@ -89,7 +89,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """Check hash chain, gap-free sequence, schemas, stream versions."""
     from esper_es.store.verify import verify
 
-    with _feedback(args).phase(f"verifying {args.db}"):
+    with _feedback(args).phase(f"verifying {describe(args.db)}"):
         report = verify(args.db)
     extra = sign_cli.check_verified(args, report.head_seq, report.head_hash)
     obj = {
@@ -131,8 +131,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     if args.follow and (args.json or args.limit is not None):
         raise UsageError("history: --follow streams rows; it takes neither --json nor --limit")
     with open_store(args.db, readonly=True) as db:
-        branch = args.branch
-        _known_branch(db, branch)
+        branch = _known_branch(db, args.branch)
         history.check_stream(db, args.stream, branch)
         rows = list(
             history.timeline(
@@ -164,9 +163,14 @@ def cmd_history(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _known_branch(db: Any, name: str) -> None:
+def _known_branch(db: Any, name: str | None) -> str:
+    """`name`, checked; None means the newest branch, the default of every command."""
+    if name is None:
+        # The most recently opened branch, as `resume` continues (main without rollbacks).
+        return str(db.branches()[-1].name)
     if name not in {b.name for b in db.branches()}:
         raise UnknownBranch(name, sorted(b.name for b in db.branches()))
+    return name
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -199,7 +203,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.format == "csv" and args.out is None and args.json:
         raise UsageError("export: --json with csv needs --out FILE (stdout carries the JSON)")
     with open_store(args.db, readonly=True) as db:
-        _known_branch(db, args.branch)
+        args.branch = _known_branch(db, args.branch)
         series = list(export.scalars(db, args.branch))
         run_id = db.run_id
     tags = sorted({s.tag for s in series})
@@ -230,7 +234,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from esper_es.store.backends import open_store
 
     with open_store(args.db, readonly=True) as db:
-        _known_branch(db, args.branch)
+        args.branch = _known_branch(db, args.branch)
         head = db.head_seq(args.branch)
         if args.at is not None and args.at > head:
             # Showing the head for a seq the branch never reached would answer another question.
@@ -278,7 +282,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         raise UsageError("--seeds must be at least 1 and --events at least 0")
     feedback = _feedback(args)
     count = feedback.counter("events", args.events) if feedback.enabled else None
-    with feedback.phase(f"writing {args.events} events into {args.db}"):
+    with feedback.phase(f"writing {args.events} events into {describe(args.db)}"):
         report = simulate(
             args.db, seeds=args.seeds, events=args.events, seed=args.seed, config=config,
             on_step=None if count is None else (lambda _step, head: count(min(head, args.events))),
@@ -334,20 +338,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.db is None:
         trainer.db_path = _readable_run_path(args.config)
     elif args.force:
-        _remove_run_file(Path(args.db))
-    model_path = Path(args.out) if args.out else Path(trainer.db_path).with_suffix(".pt")
-    if not args.out:
+        _remove_run_file(args.db)
+    # Beside a run file by default; a run in PostgreSQL has no "beside", so only with --out.
+    model_path: Path | None = None
+    if args.out:
+        model_path = Path(args.out)
+    elif not is_postgres(trainer.db_path):
+        model_path = Path(trainer.db_path).with_suffix(".pt")
         # The run's folder is the database's to create (runs/ on a first run); --out's is not.
         model_path.parent.mkdir(parents=True, exist_ok=True)
-    from esper_es.replay.export import check_writable
+    if model_path is not None:
+        from esper_es.replay.export import check_writable
 
-    check_writable(model_path)  # before training, not after it
-    feedback.note(f"training {config.train.epochs} epochs into {trainer.db_path}")
+        check_writable(model_path)  # before training, not after it
+    feedback.note(f"training {config.train.epochs} epochs into {describe(trainer.db_path)}")
     result = trainer.run()
     if result.diverged is not None:
         raise TrainingDiverged(result.diverged, result.db, result.head_seq)
-    with feedback.phase(f"writing the grown model to {model_path}"):
-        _write_trained_model(trainer, result, model_path)
+    if model_path is not None:
+        with feedback.phase(f"writing the grown model to {model_path}"):
+            _write_trained_model(trainer, result, model_path)
     obj = {
         "run_id": result.run_id,
         "branch": result.branch,
@@ -364,7 +374,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "interrupted": result.interrupted,
         "seconds": round(result.seconds, 3),
         "db": result.db,
-        "model": str(model_path),
+        "model": None if model_path is None else str(model_path),
     }
 
     def text() -> None:
@@ -384,7 +394,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print("seeds: " + ", ".join(f"{k} {v}" for k, v in result.seeds.items()))
         print(f"events written: {result.events}  fingerprint: {result.fingerprint}")
         print(f"run database: {result.db}")
-        print(f"model: {model_path} (load with esper_es.replay.load_model)")
+        if model_path is not None:
+            print(f"model: {model_path} (load with esper_es.replay.load_model)")
         if result.interrupted:
             print(f"continue it with: esper-es resume {result.db}")
 
@@ -392,14 +403,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_INTERRUPTED if result.interrupted else EXIT_OK
 
 
-def _remove_run_file(path: Path) -> None:
+def _remove_run_file(location: str) -> None:
     """`train --force`: remove the run database at `path` and its side files, after checking
     that it is a run database and that no process is writing it (exit 2 / exit 5)."""
     from esper_es.store.database import RunDatabase
-    from esper_es.store.pg_location import is_postgres
 
-    if is_postgres(str(path)):
+    if is_postgres(location):
         raise UsageError("train: --force replaces files only; drop the schema yourself")
+    path = Path(location)
     if not path.exists():
         return
     # Opened for writing: refuses a file that is not a run database, and a live writer.
@@ -453,12 +464,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
     with feedback.phase("importing torch and the trainer"):
         from esper_es.replay import Divergence, replay
 
+    from esper_es.store.backends import open_store
+
+    with open_store(args.db, readonly=True) as db:
+        args.branch = _known_branch(db, args.branch)
+
     def show_epochs(trainer: Any) -> None:
         trainer.progress = feedback.enabled
         trainer.progress_label = "replay"
 
     try:
-        with feedback.phase(f"replaying {args.db} (branch {args.branch})"):
+        with feedback.phase(f"replaying {describe(args.db)} (branch {args.branch})"):
             result = replay(
                 args.db, to_seq=args.to, branch=args.branch, out=args.out,
                 recompute_decisions=args.recompute_decisions,
@@ -521,7 +537,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     feedback = _feedback(args)
     with feedback.phase("importing torch and the trainer"):
         from esper_es.replay import resume
-    with feedback.phase(f"resuming {args.db}"):
+    with feedback.phase(f"resuming {describe(args.db)}"):
         result = resume(
             args.db, epochs=args.epochs, branch=args.branch,
             allow_env_mismatch=args.allow_env_mismatch, trainer_factory=_factory(args),
@@ -543,7 +559,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
             print(f"val loss: {result.val_loss_end:.4f}")
         print(f"fingerprint: {result.fingerprint}")
         if result.interrupted:
-            print(f"continue it with: esper-es resume {args.db} --branch {result.branch}")
+            print(f"continue it with: esper-es resume {describe(args.db)} --branch {result.branch}")
 
     _emit(args, obj, text)
     return EXIT_INTERRUPTED if result.interrupted else EXIT_OK
@@ -616,7 +632,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     feedback = _feedback(args)
     with feedback.phase("importing matplotlib"):
         from esper_es.report import write_report
-    with feedback.phase(f"reading {args.db} and drawing the plots"):
+    with feedback.phase(f"reading {describe(args.db)} and drawing the plots"):
         files = write_report(args.db, args.out)
     rep = files.report
     newest = rep.newest
