@@ -10,6 +10,7 @@ EXIT_USAGE = 2
 EXIT_VERIFY = 3
 EXIT_ENVIRONMENT = 4
 EXIT_LOCKED = 5
+EXIT_INTERRUPTED = 130
 
 
 class EsperError(Exception):
@@ -228,3 +229,22 @@ class KeyFileError(EsperError):
         self.path = path
         self.problem = problem
         super().__init__(f"key file {path}: {problem}")
+
+
+class UsageError(EsperError):
+    """A bad command line."""
+
+    exit_code = EXIT_USAGE
+
+
+class TrainingDiverged(EsperError):
+    """Training produced a non-finite loss and stopped; its log is whole and verifies."""
+
+    exit_code = EXIT_ERROR
+
+    def __init__(self, why: str, db: str, head_seq: int) -> None:
+        super().__init__(
+            f"training diverged ({why}) and stopped; {db} ends with TrainingStopped(diverged) "
+            f"at seq {head_seq} and verifies. The same config diverges again: start a new run "
+            "with a lower learning rate (train.lr, train.seed_lr)"
+        )

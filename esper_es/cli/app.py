@@ -67,18 +67,19 @@ def _examples(*lines: str) -> str:
 
 
 def _run(name: str, runner: str, values: dict[str, Any]) -> int:
-    """Call `runner` (`cmd_x` of `esper_es.cli.main`, or `module:cmd_x` of a sibling module)
-    with the parsed values, a portable run's numerics pinned before anything imports torch."""
+    """Call `runner` (`module:cmd_x`, a module of esper_es.cli) with the parsed values, a
+    portable run's numerics pinned before anything imports torch."""
     import importlib
 
-    from esper_es.cli import main as commands
+    from esper_es.cli import main, running
 
-    module_name, _, fn_name = runner.rpartition(":")
-    module = importlib.import_module(f"esper_es.cli.{module_name}") if module_name else commands
+    module_name, _, fn_name = runner.partition(":")
     args = argparse.Namespace(command=name, **values)
-    commands._pin_numerics(args)
-    fn: Callable[[argparse.Namespace], int] = getattr(module, fn_name)
-    return commands._run_command(args, fn)
+    running.pin_numerics(args)
+    fn: Callable[[argparse.Namespace], int] = getattr(
+        importlib.import_module(f"esper_es.cli.{module_name}"), fn_name
+    )
+    return main.run_command(args, fn)
 
 
 def _json_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -185,7 +186,7 @@ def train(**values: Any) -> int:
     Trains the host of a run config (default: a small CNN on scikit-learn's digits) with
     seed layers and the controller; every decision and transition goes to the log. Prints
     accuracy, seeds by stage, events written and the model's fingerprint."""
-    return _run("train", "cmd_train", values)
+    return _run("train", "running:cmd_train", values)
 
 
 @cli.command(
@@ -224,7 +225,7 @@ def replay(**values: Any) -> int:
 
     Every Checkpointed is compared; the first difference exits 3 naming the seq, step and
     tensors. A run recorded on another CPU or torch build is refused with exit 4 first."""
-    return _run("replay", "cmd_replay", values)
+    return _run("replay", "running:cmd_replay", values)
 
 
 @cli.command(
@@ -251,7 +252,7 @@ def rollback(**values: Any) -> int:
     Nothing is rewritten: the new branch starts with RunRolledBack and a snapshot, and
     `resume` continues it. A SEQ inside a step boundary is refused, naming the nearest
     valid ones."""
-    return _run("rollback", "cmd_rollback", values)
+    return _run("rollback", "running:cmd_rollback", values)
 
 
 @cli.command(
@@ -280,7 +281,7 @@ def resume(**values: Any) -> int:
     """Continue a stopped, killed or rolled-back run.
 
     The continued run is bit-identical to one that was never stopped."""
-    return _run("resume", "cmd_resume", values)
+    return _run("resume", "running:cmd_resume", values)
 
 
 # --- reading a run -------------------------------------------------------------------------
@@ -317,7 +318,7 @@ def verify(**values: Any) -> int:
 
     Checks the hash chain, gap-free seqs, schemas, stream versions, branches and blobs,
     and with --key the signatures. A failure exits 3 naming the first bad seq."""
-    return _run("verify", "cmd_verify", values)
+    return _run("verify", "reading:cmd_verify", values)
 
 
 @cli.command(
@@ -331,7 +332,7 @@ def runs(**values: Any) -> int:
 
     The run databases in DIR (default: runs/), newest first: id, start, host, config
     digest, epochs, status, result, fingerprint, branches, size."""
-    return _run("runs", "cmd_runs", values)
+    return _run("runs", "reading:cmd_runs", values)
 
 
 @cli.command(
@@ -373,7 +374,7 @@ def history(**values: Any) -> int:
     Each event in seq order, with the command that caused it and the decision behind it.
     Unknown types and streams exit 2, listing what exists."""
     values["type"] = list(values["type"]) or None
-    return _run("history", "cmd_history", values)
+    return _run("history", "reading:cmd_history", values)
 
 
 @cli.command(
@@ -391,7 +392,7 @@ def inspect(**values: Any) -> int:
 
     Seed layers with each seed's stage, alpha and kernel, and the model fingerprint, after
     SEQ (default: the head)."""
-    return _run("inspect", "cmd_inspect", values)
+    return _run("inspect", "reading:cmd_inspect", values)
 
 
 @cli.command(
@@ -420,7 +421,7 @@ def export(**values: Any) -> int:
     """Export a run's metrics as CSV or TensorBoard.
 
     Read from the log: epoch metrics and each seed's alpha over the steps."""
-    return _run("export", "cmd_export", values)
+    return _run("export", "reading:cmd_export", values)
 
 
 @cli.command(
@@ -442,7 +443,7 @@ def report(**values: Any) -> int:
 
     Curves with architecture markers, seed swimlanes, decisions with their reasons,
     kernels by blueprint."""
-    return _run("report", "cmd_report", values)
+    return _run("report", "reading:cmd_report", values)
 
 
 @cli.command(
@@ -523,7 +524,7 @@ def simulate(**values: Any) -> int:
     """Write a synthetic run through the real command path.
 
     A synthetic controller drives the decider, store and chain; no torch, no training."""
-    return _run("simulate", "cmd_simulate", values)
+    return _run("simulate", "tools:cmd_simulate", values)
 
 
 @cli.command(
@@ -543,7 +544,7 @@ def check_lifecycle(**values: Any) -> int:
 
     Random command sequences against the invariants of SPEC §2; a violation exits 3 with a
     minimal counterexample."""
-    return _run("check-lifecycle", "cmd_check_lifecycle", values)
+    return _run("check-lifecycle", "tools:cmd_check_lifecycle", values)
 
 
 @cli.command(
@@ -563,7 +564,7 @@ def diagram(**values: Any) -> int:
     """Draw the seed lifecycle as a state diagram.
 
     Drawn from the definition the code runs: mermaid or dot source, or a png/svg image."""
-    return _run("diagram", "cmd_diagram", values)
+    return _run("diagram", "tools:cmd_diagram", values)
 
 
 @cli.command(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from esper_es.cli.main import _readable_run_path
+from esper_es.cli.running import _readable_run_path
 
 
 def test_readable_names_carry_time_and_config(tmp_path: Path) -> None:
