@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 
 from esper_es import __version__
 from esper_es.cli import copy as copy_cli
+from esper_es.cli import ranks as ranks_cli
 from esper_es.cli import sign as sign_cli
 from esper_es.errors import (
     EXIT_ERROR,
@@ -640,6 +641,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="override determinism.numerics: native (this CPU's fastest kernels, replays on "
         "the same CPU model) or portable (replays on any x86-64 CPU with AVX2)",
     )
+    ranks_cli.nproc_option(sp, recorded=False)
     sp = add("replay", cmd_replay, "re-execute a run from its log and check it bit for bit")
     sp.add_argument("db")
     sp.add_argument(
@@ -664,11 +666,13 @@ def build_parser() -> argparse.ArgumentParser:
         "recorded); compilation never changes the numbers, so both reproduce the run",
     )
     _factory_option(sp)
+    ranks_cli.nproc_option(sp)
     sp = add("rollback", cmd_rollback, "open a branch whose state is the state at SEQ")
     sp.add_argument("db")
     sp.add_argument("--to", type=_natural, metavar="SEQ", required=True)
     sp.add_argument("--allow-env-mismatch", action="store_true")
     _factory_option(sp)
+    ranks_cli.nproc_option(sp)
     sp = add("resume", cmd_resume, "continue a stopped, crashed or rolled-back run")
     sp.add_argument("db")
     sp.add_argument("--epochs", type=_count, help="train to this many epochs in all")
@@ -681,6 +685,7 @@ def build_parser() -> argparse.ArgumentParser:
         "path the run recorded is never written unless named here)",
     )
     _factory_option(sp)
+    ranks_cli.nproc_option(sp)
     sp = add("verify", cmd_verify, "check hash chain, gap-free sequence, schemas, stream versions")
     sp.add_argument("db")
     sign_cli.verify_options(sp)
@@ -755,7 +760,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         _pin_numerics(args)
-        return int(args.func(args))
+        return ranks_cli.run(args)
     except SystemExit as exc:  # --help and --version
         return int(exc.code or 0)
     except BrokenPipeError:
