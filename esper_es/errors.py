@@ -180,10 +180,13 @@ class EnvironmentMismatch(EsperError):
 
     exit_code = EXIT_ENVIRONMENT
 
-    def __init__(self, differences: Sequence[tuple[str, object, object]]) -> None:
+    def __init__(
+        self, differences: Sequence[tuple[str, object, object]], hint: str | None = None
+    ) -> None:
         self.differences = tuple(differences)
         lines = "; ".join(f"{k}: recorded {a!r}, here {b!r}" for k, a, b in self.differences)
-        super().__init__(f"environment differs from the recorded run: {lines}")
+        tail = f" ({hint})" if hint else ""
+        super().__init__(f"environment differs from the recorded run: {lines}{tail}")
 
 
 class InconsistentHistory(EsperError):
@@ -229,6 +232,46 @@ class KeyFileError(EsperError):
         self.path = path
         self.problem = problem
         super().__init__(f"key file {path}: {problem}")
+
+
+class RankLost(EsperError):
+    """A rank of a data-parallel run stopped (killed, crashed, unreachable) while others ran.
+
+    Rank 0 commits each boundary in one transaction, so the log stays verifiable up to the
+    last committed boundary; `resume` with the same number of ranks continues from there.
+    """
+
+    exit_code = EXIT_ERROR
+
+    def __init__(self, rank: int, world_size: int, detail: str) -> None:
+        self.rank = rank
+        self.world_size = world_size
+        super().__init__(
+            f"rank {rank} of {world_size} lost the other ranks ({' '.join(detail.split())}); "
+            f"what was committed is verified, continue with: esper-es resume DB --nproc "
+            f"{world_size}"
+        )
+
+
+class RanksDisagree(EsperError):
+    """At a `Checkpointed`, a rank's model, optimizer or RNG state differs from rank 0's."""
+
+    exit_code = EXIT_VERIFY
+
+    def __init__(self, rank: int, step: int, what: Sequence[str]) -> None:
+        self.rank = rank
+        self.step = step
+        self.what = tuple(what)
+        super().__init__(
+            f"rank {rank} differs from rank 0 at the checkpoint of step {step}: "
+            f"{', '.join(self.what)}; the run stopped before recording it"
+        )
+
+
+class WorldSizeError(EsperError):
+    """`--nproc` cannot be used as given (below 1, or not the world `torchrun` started)."""
+
+    exit_code = EXIT_USAGE
 
 
 class UsageError(EsperError):

@@ -71,15 +71,14 @@ def _run(name: str, runner: str, values: dict[str, Any]) -> int:
     portable run's numerics pinned before anything imports torch."""
     import importlib
 
-    from esper_es.cli import main, running
+    from esper_es.cli import main, ranks, running
 
     module_name, _, fn_name = runner.partition(":")
     args = argparse.Namespace(command=name, **values)
     running.pin_numerics(args)
-    fn: Callable[[argparse.Namespace], int] = getattr(
-        importlib.import_module(f"esper_es.cli.{module_name}"), fn_name
-    )
-    return main.run_command(args, fn)
+    args.func = getattr(importlib.import_module(f"esper_es.cli.{module_name}"), fn_name)
+    # On as many ranks as the command asks for (`--nproc`, the recorded world, torchrun's).
+    return main.run_command(args, ranks.run)
 
 
 def _json_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -109,6 +108,17 @@ def _allow_env_option(f: Callable[..., Any]) -> Callable[..., Any]:
         is_flag=True,
         help="Go on where the environment differs from the recorded one (bits may differ).",
     )(f)
+
+
+def _nproc_option(recorded: bool) -> Callable[..., Any]:
+    default = "the world size the run recorded" if recorded else "1"
+    return click.option(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="Data-parallel ranks on this machine (gloo on CPU, NCCL on GPU); under torchrun, "
+        f"torchrun's world.  [default: {default}]",
+    )
 
 
 def _branch_option(default: str | None, text: str) -> Callable[..., Any]:
@@ -179,6 +189,7 @@ def cli() -> None:
     help="Override determinism.numerics: native (this CPU's fastest kernels; replays on the "
     "same CPU model) or portable (replays on any x86-64 CPU with AVX2).",
 )
+@_nproc_option(recorded=False)
 @_json_option
 def train(**values: Any) -> int:
     """Train the built-in task into a new run database.
@@ -219,6 +230,7 @@ def train(**values: Any) -> int:
     "changes the numbers).  [default: as recorded]",
 )
 @_factory_option
+@_nproc_option(recorded=True)
 @_json_option
 def replay(**values: Any) -> int:
     """Re-execute a run from its log, checked bit for bit.
@@ -245,6 +257,7 @@ def replay(**values: Any) -> int:
 )
 @_allow_env_option
 @_factory_option
+@_nproc_option(recorded=True)
 @_json_option
 def rollback(**values: Any) -> int:
     """Open a branch at the state after SEQ.
@@ -276,6 +289,7 @@ def rollback(**values: Any) -> int:
     "the run recorded is never written unless named here).",
 )
 @_factory_option
+@_nproc_option(recorded=True)
 @_json_option
 def resume(**values: Any) -> int:
     """Continue a stopped, killed or rolled-back run.

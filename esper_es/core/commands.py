@@ -164,6 +164,8 @@ class StartRun(Command):
     environment: dict[str, Any] = attrs.field(factory=dict)
     host: dict[str, Any] | None = None
     initial_weights: dict[str, Any] | None = None
+    world_size: int = 1
+    backend: str | None = None
 
 
 @attrs.frozen(slots=True, kw_only=True)

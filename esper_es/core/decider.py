@@ -170,6 +170,8 @@ def _decide_run(s: RunState | None, cmd: c.StartRun) -> tuple[ev.Event, ...]:
             step=cmd.step,
             host=None if cmd.host is None else dict(cmd.host),
             initial_weights=None if cmd.initial_weights is None else dict(cmd.initial_weights),
+            world_size=cmd.world_size,
+            backend=cmd.backend,
         ),
     )
 

@@ -74,7 +74,7 @@ class ControllerEvent(Event):
 # --- run and layers -------------------------------------------------------------------
 
 
-@event_type(2)
+@event_type(3)
 @attrs.frozen(kw_only=True)
 class RunStarted(RunEvent):
     """A run began; records what replay needs to reproduce it (SPEC §5)."""
@@ -91,6 +91,11 @@ class RunStarted(RunEvent):
     initial_weights: dict[str, Any] | None = None
     """The host's weights before step 1 (SPEC §5): `{"snapshot": blob key, "fingerprint": F}`
     (a weights snapshot, see `esper_es.trainer.initial_weights`); null in logs from before v2."""
+    world_size: int = 1
+    """How many ranks trained the run (SPEC §11); a replay needs as many. 1 before v3."""
+    backend: str | None = None
+    """The torch.distributed backend of a multi-rank run (`gloo`, `nccl`); null for one
+    process, and in logs from before v3."""
 
 
 @event_type(1)

@@ -70,6 +70,13 @@ def _run_started_v1_to_v2(payload: Payload) -> Payload:
     return {**payload, "host": None, "initial_weights": None}
 
 
+@upcaster("RunStarted", 2)
+def _run_started_v2_to_v3(payload: Payload) -> Payload:
+    # v3 adds the world size and backend of a multi-rank run (SPEC §11); every run before it
+    # trained in one process.
+    return {**payload, "world_size": 1, "backend": None}
+
+
 @upcaster("KernelCompiled", 1)
 def _kernel_compiled_v1_to_v2(payload: Payload) -> Payload:
     # v1 switched a whole kernel to a dynamic-shape compile of unchecked numerics: no variant.

@@ -58,6 +58,9 @@ class Projector:
         #: Called with every event once projected, in seq order (e.g. the trainer's outcome
         #: tracker): whoever folds the log this way sees what the model saw, on every path.
         self.observers: list[Callable[[ev.Event], None]] = []
+        #: Called with `(seq, event, after)` for each event `apply_visible` projected: rank 0
+        #: of a data-parallel run sends them on (`esper_es.trainer.distributed`).
+        self.on_apply: Callable[[int, ev.Event, int], None] | None = None
 
     # --- the entry points -----------------------------------------------------------------
 
@@ -94,10 +97,13 @@ class Projector:
             )
         self.last_seq = seq - 1
         try:
-            return self.apply(seq, event)
+            applied = self.apply(seq, event)
         except BaseException:
             self.last_seq = after
             raise
+        if self.on_apply is not None:
+            self.on_apply(seq, event, after)
+        return applied
 
     def apply_all(self, pairs: Iterable[tuple[int, ev.Event]]) -> int:
         """Project every pair in order; returns how many were applied (not skipped)."""

@@ -143,6 +143,8 @@ class SeedTelemetry:
 
     decay: float = 0.9
     signals: dict[str, SeedSignal] = attrs.field(factory=dict)
+    reduce: Callable[[tuple[float, float]], tuple[float, float]] | None = None
+    """Averages a measurement over the ranks of a data-parallel run before it is folded in."""
 
     def reset(self, seed: str) -> None:
         """Forget `seed`'s history (call on SeedTrainingStarted)."""
@@ -151,7 +153,10 @@ class SeedTelemetry:
     def observe(self, model: nn.Module, seed: str, batch: Any, loss: LossFn) -> SeedSignal:
         """Measure `seed`'s losses on `batch` (see `seed_losses`) and fold them in."""
         signal = self.signals.setdefault(seed, SeedSignal(self.decay))
-        signal.update(*seed_losses(model, seed, batch, loss))
+        measured = seed_losses(model, seed, batch, loss)
+        if self.reduce is not None:
+            measured = self.reduce(measured)
+        signal.update(*measured)
         return signal
 
     def improvement(self, seed: str) -> float:

@@ -45,6 +45,7 @@ from esper_es.replay.factory import (
     resolve_factory,
 )
 from esper_es.replay.log import RecordedLog, count_id, step_of
+from esper_es.runtime import ranks
 from esper_es.runtime.environment import apply_settings, check_environment
 from esper_es.runtime.rng import decode_rng_state, restore_rng_state, rng_digest
 from esper_es.store.protocol import RunStore
@@ -55,6 +56,25 @@ from esper_es.trainer.replay_source import Position
 from esper_es.trainer.snapshots import read_snapshot
 
 __all__ = ["Session", "TrainerFactory", "built_in_factory"]
+
+
+def check_world(started: ev.RunStarted) -> None:
+    """A run re-executes only with its world size and backend (SPEC §11): exit 4 otherwise."""
+    group = ranks.current()
+    here = (1, None) if group is None else (group.world_size, group.backend)
+    differences = [
+        (name, recorded, now)
+        for name, recorded, now in (
+            ("world_size", started.world_size, here[0]),
+            ("backend", started.backend, here[1]),
+        )
+        if recorded != now
+    ]
+    if differences:
+        raise EnvironmentMismatch(
+            differences,
+            hint=f"re-execute it with --nproc {started.world_size} (the default for a logged run)",
+        )
 
 
 def prepare_environment(
@@ -140,6 +160,7 @@ class Session:
                 "there is nothing to replay, resume or roll back; verify, history, inspect "
                 "and report read it"
             )
+        check_world(self.started)
         self.config = config_from_dict(self.started.config)
         if compile is not None:
             # Compilation never changes the numbers (SPEC §6), so either setting replays.
@@ -371,6 +392,8 @@ class Session:
             self.on_check(rec)
         t = self.trainer
         fingerprint, tensors = fingerprint_with_digests(t.model.state_dict())
+        if t.ranks is not None:
+            t.ranks.agree(fingerprint)
         if fingerprint != e.fingerprint:
             keys = sorted(set(tensors) | set(e.tensors))
             differ = [k for k in keys if tensors.get(k) != e.tensors.get(k)]

@@ -53,6 +53,8 @@ def start_boundary(t: Trainer) -> None:
             environment=capture_environment(),
             host=t.host_source,
             initial_weights=t.initial_weights,
+            world_size=1 if t.ranks is None else t.ranks.world_size,
+            backend=None if t.ranks is None else t.ranks.backend,
         )
     ]
     consulted = t.recorder.consultation(layer.shape_kind for layer in t.layers.values())

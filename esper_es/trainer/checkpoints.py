@@ -35,6 +35,8 @@ def checkpoint_event(
             grads={n: p.grad for n, p in trainer.model.named_parameters() if p.grad is not None},
         ).key
     fingerprint, tensors = fingerprint_with_digests(trainer.model.state_dict())
+    if trainer.ranks is not None:
+        trainer.ranks.agree(fingerprint)
     return ev.Checkpointed(
         epoch=epoch,
         step=trainer.step,

@@ -65,6 +65,8 @@ from esper_es.trainer import batches as batching
 from esper_es.trainer import boundary, evaluation, step
 from esper_es.trainer.checkpoints import snapshot_extra
 from esper_es.trainer.compilation import KernelCompilation
+from esper_es.trainer.distributed import RankHooks
+from esper_es.trainer.distributed import attach as attach_ranks
 from esper_es.trainer.driver import DriverSettings, LifecycleDriver
 from esper_es.trainer.ids import RunIds
 from esper_es.trainer.interrupts import progress_bar, stop_on_sigint
@@ -191,6 +193,8 @@ class Trainer:
         self.recorder: KernelRecorder
         #: Background compilation (`[library] compile`; esper_es.trainer.compilation).
         self.compilation = KernelCompilation(self)
+        #: This rank's part in a data-parallel run (`esper_es.trainer.distributed`), else None.
+        self.ranks: RankHooks | None = None
 
     # --- setting up -----------------------------------------------------------------------
 
@@ -250,9 +254,13 @@ class Trainer:
 
     def steps_per_epoch(self) -> int:
         """Optimizer steps per epoch (0 if the data is not sized)."""
+        if self.ranks is not None:
+            return self.ranks.steps_per_epoch()
         return batching.steps_per_epoch(self.train_data, self.config.train.batch_size)
 
     def _epoch_batches(self, epoch: int) -> Iterator[Batch]:
+        if self.ranks is not None:
+            return iter(self.ranks.epoch_batches(epoch))
         size = self.config.train.batch_size
         return batching.epoch_batches(self.train_data, size, self.master_seed, epoch)
 
@@ -295,6 +303,7 @@ class Trainer:
     def wire(self, bus: CommandBus) -> None:
         """Connect the orchestrator and the lifecycle driver to `bus` (live or replaying)."""
         self.bus = bus
+        attach_ranks(self)
         self.recorder = recorder_for(self)
         self.projector.on_kernel_compiled = self.compilation.switch
         self.compilation.prepare()
@@ -329,6 +338,8 @@ class Trainer:
         boundary at the current step is still to run.
         """
         interrupted = False
+        if self.ranks is not None:
+            self.ranks.send_state()
         spe = self.steps_per_epoch()
         bar = self._progress_bar(epochs * spe if spe else None)
         first = 1 if at is None else at.epoch
@@ -355,6 +366,8 @@ class Trainer:
                 status = "continue"
                 for k in range(start, len(batches)):
                     self.epoch_losses = losses
+                    if self.ranks is not None:
+                        self.ranks.before_step(epoch, k)
                     loss = self._train_step(batches[k])
                     losses.append(loss)
                     self.step += 1

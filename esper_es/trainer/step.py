@@ -31,6 +31,8 @@ def train_step(t: Trainer, batch: Batch) -> float:
             schedule.lr_schedule, t.step, horizon, schedule.lr_warmup_steps, schedule.lr_min_factor
         )
         apply_lr(t.optimizer, factor)
+    if t.ranks is not None:
+        loss = t.ranks.reduce_step(loss)
     t.optimizer.step()
     value = float(loss.detach())
     if not math.isfinite(value):

@@ -312,7 +312,7 @@ def test_a_v2_row_that_breaks_the_v2_schema_fails_verify(tmp_path: Path) -> None
     assert info.value.seq == seq and "v2" in info.value.reason
 
 
-def test_run_started_v1_is_upcast_to_v2_with_no_host_and_no_initial_weights() -> None:
+def test_run_started_v1_is_upcast_with_no_host_no_initial_weights_and_one_rank() -> None:
     payload = {
         "run_id": "run-1", "master_seed": 0, "config": {}, "dataset_fingerprint": None,
         "environment": {}, "step": 0,
@@ -320,9 +320,12 @@ def test_run_started_v1_is_upcast_to_v2_with_no_host_and_no_initial_weights() ->
     original = copy.deepcopy(payload)
     schemas.validate("RunStarted", 1, payload)
     version, lifted = upcast("RunStarted", 1, payload)
-    assert version == 2 == current_version("RunStarted")
-    assert lifted == {**original, "host": None, "initial_weights": None}
-    schemas.validate("RunStarted", 2, lifted)
+    assert version == 3 == current_version("RunStarted")
+    two = {**original, "host": None, "initial_weights": None}
+    assert lifted == {**two, "world_size": 1, "backend": None}
+    schemas.validate("RunStarted", 3, lifted)
+    assert upcast("RunStarted", 2, two) == (3, lifted)
     assert payload == original, "upcasting must not mutate the stored payload"
     event = ev.from_payload("RunStarted", lifted)
     assert isinstance(event, ev.RunStarted) and event.host is None
+    assert (event.world_size, event.backend) == (1, None)

@@ -62,7 +62,8 @@ def test_built_in_run_records_its_host_and_initial_weights(
     result = built_in(quick, seed=0, db_path=db)
     with RunDatabase.open(db, readonly=True) as rdb:
         (rec,) = rdb.read(types=["RunStarted"])
-        assert rec.schema_version == 2
+        assert rec.schema_version == 3
+        assert (rec.event.world_size, rec.event.backend) == (1, None)
         assert rec.event.host == {"kind": "built_in", "task": "digits"}
         assert rdb.has_blob(rec.event.initial_weights["snapshot"])
     assert replay(db).fingerprint == result.fingerprint

@@ -1,0 +1,48 @@
+"""`--nproc N` on the command line (SPEC §11): how many ranks a command runs with.
+
+`train --nproc N` trains on N ranks of this machine; `replay`, `resume` and `rollback` take
+the world size recorded in the run's `RunStarted` unless `--nproc` names one (a different one
+is refused with exit 4 by the re-execution). Under `torchrun` the world is torchrun's. Torch
+and the trainer are imported only when a command runs on several ranks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the parsed command, on as many ranks as it asks for."""
+    if not hasattr(args, "nproc"):
+        return int(args.func(args))
+    from esper_es.errors import WorldSizeError
+
+    nproc = args.nproc
+    if nproc is not None and nproc < 1:
+        raise WorldSizeError(f"--nproc must be at least 1, got {nproc}")
+    torchrun = "WORLD_SIZE" in os.environ
+    if nproc is None and args.command != "train" and not torchrun:
+        # Under torchrun the world is torchrun's; a re-execution refuses a different one.
+        nproc = _recorded_world_size(args.db)
+    if nproc in (None, 1) and not torchrun:
+        return int(args.func(args))
+    from esper_es.trainer.launch import run_ranks, trainer_builder
+
+    return run_ranks(
+        nproc, lambda: int(args.func(args)), trainer_builder(getattr(args, "factory", None))
+    )
+
+
+def _recorded_world_size(db_path: str) -> int | None:
+    """The world size the run's `RunStarted` recorded (None if it cannot be read here)."""
+    from esper_es.errors import EsperError
+    from esper_es.store.backends import open_store
+
+    try:
+        with open_store(db_path, readonly=True) as db:
+            for rec in db.read(branch=None, types=["RunStarted"]):
+                return int(rec.payload.get("world_size", 1))
+    except (EsperError, OSError, ValueError):
+        return None  # the command itself reports what is wrong with the file
+    return None
