@@ -75,7 +75,10 @@ class PostgresStore(BranchIndex):
 
     @classmethod
     def create(cls, location: str, run_id: str, *, audit: bool = True) -> PostgresStore:
-        """Create the run's schema (default: named after `run_id`) and open it for writing."""
+        """Create the run's schema (default: named after `run_id`) and open it for writing.
+
+        `audit` is accepted for the protocol: a PostgreSQL run keeps no sidecar trail.
+        """
         where = PgLocation.parse(location)
         if where.schema is None:
             where = where.with_schema(run_id)

@@ -3,12 +3,16 @@ takes a run, and `copy` between backends with the chain intact."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import Cli
 
 from esper_es.store.backends import open_store
+
+#: The `cli` fixture of tests/cli/conftest.py: `cli(*argv)` -> CliResult.
+Cli = Callable[..., Any]
 
 SECRET = "s3cr3t-pw-9f2c"
 

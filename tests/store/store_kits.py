@@ -60,6 +60,15 @@ class SqliteKit:
         audit_path(Path(location)).unlink(missing_ok=True)
 
     @contextlib.contextmanager
+    def raw(self, location: str) -> Iterator[Editor]:
+        """SQL on the run's tables with the triggers on (what an accident would do)."""
+        conn = sqlite3.connect(location, isolation_level=None)
+        try:
+            yield Editor(conn, translate=False)
+        finally:
+            conn.close()
+
+    @contextlib.contextmanager
     def edit(self, location: str, *, restore_triggers: bool = True) -> Iterator[Editor]:
         """Edit the run's tables with the triggers dropped (restored afterwards by default)."""
         conn = sqlite3.connect(location, isolation_level=None)
@@ -120,6 +129,15 @@ class PostgresKit:
         conn = psycopg.connect(where.conninfo, autocommit=True)
         conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(where.schema)))
         return conn
+
+    @contextlib.contextmanager
+    def raw(self, location: str) -> Iterator[Editor]:
+        """SQL on the run's tables with the triggers on (what an accident would do)."""
+        conn = self._connect(location)
+        try:
+            yield Editor(conn, translate=True)
+        finally:
+            conn.close()
 
     @contextlib.contextmanager
     def edit(self, location: str, *, restore_triggers: bool = True) -> Iterator[Editor]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import HISTORY_LEN, RUN_ID, S0, S1, SEQ, fill_history, germinated
+from store_history import HISTORY_LEN, RUN_ID, S0, S1, SEQ, fill_history, germinated
 from store_kits import Kit, PostgresKit, SqliteKit
 
 from esper_es.core import events as ev
@@ -211,36 +211,8 @@ def test_the_store_refuses_edits_itself(kit: Kit, history: str) -> None:
     with kit.open(history) as db:
         assert db.missing_triggers() == []
     for sql in ("UPDATE events SET payload = '{}' WHERE seq = 1", "DELETE FROM blobs"):
-        with pytest.raises(Exception, match="refused"), _raw_no_disable(kit, history) as ed:
+        with pytest.raises(Exception, match="refused"), kit.raw(history) as ed:
             ed.execute(sql)
-
-
-def _raw_no_disable(kit: Kit, location: str) -> Any:
-    """An edit that keeps the triggers on (what an accident would do)."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def go() -> Iterator[Any]:
-        if isinstance(kit, SqliteKit):
-            import sqlite3
-
-            from store_kits import Editor
-
-            conn = sqlite3.connect(location, isolation_level=None)
-            try:
-                yield Editor(conn, translate=False)
-            finally:
-                conn.close()
-        else:
-            from store_kits import Editor
-
-            conn = kit._connect(location)
-            try:
-                yield Editor(conn, translate=True)
-            finally:
-                conn.close()
-
-    return go()
 
 
 def _rechain(ed: Any, rows: list[list[Any]]) -> None:
