@@ -25,12 +25,14 @@ run: $(STAMP)
 	@db=runs/$$(date +%Y%m%d-%H%M%S)-make-run.db; \
 	$(VENV)/bin/esper-es train --db $$db && $(VENV)/bin/esper-es verify $$db
 
-## Lint, types and the fast test suite (what CI runs).
+## Lint, types and the fast test suite (what CI runs), then docs/tutorial.md run literally on a
+## fresh copy of the checkout with its own venv (slow-marked, so plain `pytest` skips it).
 test: $(STAMP)
 	$(PY) -m ruff check esper_es tests bench
 	$(PY) -m ruff format --check esper_es tests bench
 	$(PY) -m mypy
 	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -m slow tests/docs/test_tutorial.py
 
 ## Everything, slow checks included.
 test-all: $(STAMP)
