@@ -42,7 +42,16 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     ("Controller", ("AdaptationDecided", "AdaptationPlanned", "CommandRefused")),
-    ("Training", ("EpochCompleted", "Checkpointed", "TrainingStopped", "RunRolledBack")),
+    (
+        "Training",
+        (
+            "EpochCompleted",
+            "StepMetricsRecorded",
+            "Checkpointed",
+            "TrainingStopped",
+            "RunRolledBack",
+        ),
+    ),
 )
 
 

@@ -102,6 +102,9 @@ class TrainConfig:
     """`cosine`: steps of linear warm-up from 0 to the full rate."""
     lr_min_factor: float = attrs.field(default=0.0, validator=[v.ge(0.0), v.le(1.0)])
     """`cosine`/`one_cycle`: the rate at the end of the run, as a fraction of the base rate."""
+    metrics_every_steps: int = attrs.field(default=1, validator=_NON_NEGATIVE)
+    """Record the training loss and learning rate of every this many steps, in one
+    `StepMetricsRecorded` per epoch (0: per-epoch metrics only)."""
 
 
 @attrs.frozen(slots=True)
@@ -330,3 +333,17 @@ def load_config(path: str | Path | None) -> RunConfig:
 def config_from_dict(data: Mapping[str, Any]) -> RunConfig:
     """Validate a config given as a dict (e.g. the one recorded in `RunStarted`)."""
     return structure(RunConfig, data)
+
+
+#: Keys added to the config after runs were recorded without them, with the value that
+#: reproduces what those runs did (a new default may differ: `metrics_every_steps` is on for
+#: new runs, but a run recorded before it wrote no `StepMetricsRecorded`).
+BEFORE_THE_KEY_EXISTED: Mapping[tuple[str, str], Any] = {("train", "metrics_every_steps"): 0}
+
+
+def config_from_record(data: Mapping[str, Any]) -> RunConfig:
+    """The config a run recorded in its `RunStarted`, as that run used it."""
+    filled = {section: dict(values) for section, values in data.items()}
+    for (section, key), value in BEFORE_THE_KEY_EXISTED.items():
+        filled.setdefault(section, {}).setdefault(key, value)
+    return config_from_dict(filled)

@@ -375,6 +375,19 @@ class LibraryConsulted(RunEvent):
 
 @event_type(1)
 @attrs.frozen(kw_only=True)
+class StepMetricsRecorded(RunEvent):
+    """The training loss and the host's learning rate at steps of the epoch that just ended
+    (every `train.metrics_every_steps`-th), recorded beside its `EpochCompleted`."""
+
+    epoch: int
+    step: int
+    steps: list[int]
+    train_loss: list[float | None]
+    lr: list[float]
+
+
+@event_type(1)
+@attrs.frozen(kw_only=True)
 class EpochCompleted(RunEvent):
     """An epoch ended; its training and validation metrics."""
 

@@ -29,7 +29,7 @@ from typing import Any, cast
 import attrs
 
 from esper_es.command_bus import CommandBus
-from esper_es.config import RunConfig, config_from_dict
+from esper_es.config import RunConfig, config_from_record
 from esper_es.core import events as ev
 from esper_es.core.canonical import canonical_json
 from esper_es.core.envelope import NewEvent, RecordedEvent
@@ -161,7 +161,7 @@ class Session:
                 "and report read it"
             )
         check_world(self.started)
-        self.config = config_from_dict(self.started.config)
+        self.config = config_from_record(self.started.config)
         if compile is not None:
             # Compilation never changes the numbers (SPEC §6), so either setting replays.
             compiling = attrs.evolve(self.config.library, compile=compile)
@@ -437,9 +437,9 @@ class Session:
             got["snapshot"] = want.get("snapshot")
         if isinstance(ne.event, ev.RunStarted):
             got["environment"], got["run_id"] = want.get("environment"), want.get("run_id")
-            # A key added to the config since the run was recorded takes its default, which
+            # A key added to the config since the run was recorded takes the value that
             # keeps what the run computed: the recorded config, read now, is the same config.
-            want["config"] = config_from_dict(want["config"]).to_dict()
+            want["config"] = config_from_record(want["config"]).to_dict()
         same = (
             rec.type == ne.event.TYPE
             and rec.stream == stream

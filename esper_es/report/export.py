@@ -1,7 +1,7 @@
 """`esper-es export`: a run's metrics as CSV or TensorBoard scalars, read from its log.
 
-The log is the only source: epoch metrics from `EpochCompleted`, each seed's alpha from the
-blend events, per-step metrics from any event that carries a `metrics` mapping at a step.
+The log is the only source: epoch metrics from `EpochCompleted`, the per-step training loss
+and learning rate from `StepMetricsRecorded`, each seed's alpha from the blend events.
 Wall times are the events' own `recorded_at`, so TensorBoard's time axis is the real one.
 """
 
@@ -25,7 +25,7 @@ EXPORT_FORMATS = ("csv", "tensorboard")
 
 _EPOCH_FIELDS = ("train_loss", "val_loss", "val_accuracy")
 _ALPHA_EVENTS = ("BlendAdjusted", "SeedFossilized", "SeedCulled", "SeedRolledBack")
-_TYPES = ("EpochCompleted", "SeedGerminated", *_ALPHA_EVENTS)
+_TYPES = ("EpochCompleted", "StepMetricsRecorded", "SeedGerminated", *_ALPHA_EVENTS)
 
 
 @attrs.frozen
@@ -59,6 +59,11 @@ def scalars(db: RunStore, branch: str = "main") -> Iterator[Scalar]:
             for name, value in (p.get("metrics") or {}).items():
                 if isinstance(value, int | float) and not isinstance(value, bool):
                     yield Scalar(step, f"epoch/{name}", float(value), wall, epoch)
+        elif rec.type == "StepMetricsRecorded":
+            for at, loss, lr in zip(p["steps"], p["train_loss"], p["lr"], strict=True):
+                if loss is not None:
+                    yield Scalar(at, "step/train_loss", float(loss), wall, int(p["epoch"]))
+                yield Scalar(at, "lr", float(lr), wall, int(p["epoch"]))
         elif rec.type == "SeedGerminated":
             yield Scalar(step, f"alpha/{p['seed']}", 0.0, wall, epoch)
         elif rec.type == "BlendAdjusted":

@@ -141,6 +141,8 @@ class BranchView:
     markers: tuple[Marker, ...]
     lanes: Mapping[str, tuple[StageSpan, ...]]
     alphas: Mapping[str, tuple[tuple[int, float], ...]]
+    step_losses: tuple[tuple[int, float], ...]
+    """(step, training loss) from `StepMetricsRecorded` (empty for runs that recorded none)."""
     final_stages: Mapping[str, str]
     fingerprint: str | None
     stopped: str | None
@@ -321,6 +323,13 @@ def _branch_view(
         lanes[seed].append(StageSpan(stage[seed], since[seed], last_step, blueprint.get(seed)))
         if alphas.get(seed):
             alphas[seed].append((last_step, alpha[seed]))
+    step_losses = tuple(
+        (int(at), float(loss))
+        for e in seen
+        if e.type == "StepMetricsRecorded"
+        for at, loss in zip(e.payload["steps"], e.payload["train_loss"], strict=True)
+        if loss is not None
+    )
     checkpoints = [e for e in seen if e.type == "Checkpointed"]
     stops = [e for e in seen if e.type == "TrainingStopped"]
     return BranchView(
@@ -335,6 +344,7 @@ def _branch_view(
         markers=markers,
         lanes={s: tuple(v) for s, v in lanes.items()},
         alphas={s: tuple(v) for s, v in alphas.items()},
+        step_losses=step_losses,
         final_stages=dict(stage),
         fingerprint=checkpoints[-1].payload["fingerprint"] if checkpoints else None,
         stopped=stops[-1].payload["reason"] if stops and stops[-1].seq > branch.fork_seq else None,

@@ -86,8 +86,14 @@ def _curves(report: RunReport) -> bytes:
         style = "-" if b.parent is None else "--"
         # The parent is drawn wide underneath, so a branch that repeats it stays visible on top.
         plt.rcParams["lines.linewidth"] = 3.0 if b.parent is None else 1.4
-        ax_loss.plot(steps, [p[3] for p in pts], style, color=colour, alpha=0.45,
-                     label=f"train loss ({b.name})")  # fmt: skip
+        own = [(st, lo) for st, lo in b.step_losses if b.parent is None or st > b.fork_step]
+        if own:
+            # Per step where the run recorded it: the epoch means hide what a decision did.
+            ax_loss.plot([st for st, _ in own], [lo for _, lo in own], "-", color=colour,
+                         alpha=0.3, lw=0.8, label=f"train loss per step ({b.name})")  # fmt: skip
+        else:
+            ax_loss.plot(steps, [p[3] for p in pts], style, color=colour, alpha=0.45,
+                         label=f"train loss ({b.name})")  # fmt: skip
         ax_loss.plot(steps, [p[1] for p in pts], style, color=colour, marker="o", ms=3,
                      label=f"validation loss ({b.name})")  # fmt: skip
         accs = [(s, a) for s, _, a, _ in pts if a is not None]
@@ -117,7 +123,7 @@ def _curves(report: RunReport) -> bytes:
                   fontsize=8, title="curves and events", title_fontsize=8)  # fmt: skip
     for ax in (ax_loss, ax_acc):
         ax.grid(True, alpha=0.3)
-    ax_loss.set_title("Loss and accuracy per epoch; vertical lines mark architecture events")
+    ax_loss.set_title("Loss and accuracy; vertical lines mark architecture events")
     return _png(fig)
 
 

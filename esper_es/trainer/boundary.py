@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from esper_es.command_bus import Outcome
 from esper_es.core import commands as c
 from esper_es.core import events as ev
+from esper_es.core.lr_schedule import lr_factor
 from esper_es.runtime.environment import capture_environment
 from esper_es.trainer.checkpoints import checkpoint_event
 from esper_es.trainer.initial_weights import record_initial_weights
@@ -95,6 +96,9 @@ def after_step(
             epoch=epoch, step=t.step, train_loss=train_loss,
             val_loss=val_loss, val_accuracy=acc, metrics={"steps": len(losses)},
         )))  # fmt: skip
+        every = t.config.train.metrics_every_steps
+        if every > 0:
+            facts.append(fact(t, step_metrics(t, epoch, losses, every)))
     if final:
         facts.append(checkpoint(t, epoch, snapshot=True))
         facts.append(stopped(t, "completed"))
@@ -105,6 +109,36 @@ def after_step(
     elif _checkpoint_due(t):
         facts.append(checkpoint(t, epoch, snapshot=False))
     return rest(t, facts, last_in_epoch=last_in_epoch, final=final)
+
+
+def step_metrics(t: Trainer, epoch: int, losses: list[float], every: int) -> ev.StepMetricsRecorded:
+    """The epoch's per-step training loss and host learning rate, every `every`-th step."""
+    cfg = t.config.train
+    first = t.step - len(losses) + 1
+    steps = [s for s in range(first, t.step + 1) if s % every == 0]
+    horizon = cfg.epochs * t.steps_per_epoch()
+
+    def lr(step: int) -> float:
+        # The rate the optimizer step that made `step` ran with (trainer.step sets it from
+        # the steps done before it): a function of the step and the config alone.
+        if cfg.lr_schedule == "constant":
+            return cfg.lr
+        factor = lr_factor(
+            cfg.lr_schedule, step - 1, horizon, cfg.lr_warmup_steps, cfg.lr_min_factor
+        )
+        return cfg.lr * factor
+
+    return ev.StepMetricsRecorded(
+        epoch=epoch,
+        step=t.step,
+        steps=steps,
+        train_loss=[_finite(losses[s - first]) for s in steps],
+        lr=[lr(s) for s in steps],
+    )
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
 
 
 def diverged_stop(t: Trainer) -> str:
