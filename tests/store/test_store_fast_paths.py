@@ -102,6 +102,9 @@ EXAMPLES: list[ev.Event] = [
         ],
     ),
     ev.EpochCompleted(epoch=1, step=45, train_loss=0.5, val_loss=0.25, val_accuracy=None),
+    ev.StepMetricsRecorded(
+        epoch=1, step=45, steps=[44, 45], train_loss=[0.5, None], lr=[0.01, 0.0095]
+    ),
     ev.Checkpointed(
         epoch=1,
         step=45,
