@@ -90,6 +90,24 @@ def counts(db: Path) -> tuple[int, int]:
     return int(n.get("SeedGerminated", 0)), int(n.get("SeedFossilized", 0))
 
 
+def library_summary(path: Path) -> str:
+    """Outcomes, contexts, fossilized and the contribution range a library holds."""
+    conn = sqlite3.connect(path)
+    try:
+        n, fossil, lo, hi = conn.execute(
+            "SELECT COUNT(*), SUM(outcome = 'fossilized'), MIN(contribution), MAX(contribution) "
+            "FROM kernel_outcomes"
+        ).fetchone()
+        (ctx,) = conn.execute("SELECT COUNT(*) FROM germination_contexts").fetchone()
+    finally:
+        conn.close()
+    span = "none measured" if lo is None else f"{lo:+.4f} .. {hi:+.4f}"
+    return (
+        f"{n} kernel outcomes ({fossil or 0} fossilized), {ctx} germination contexts, "
+        f"contributions {span}"
+    )
+
+
 def run(config: RunConfig, seed: int, db: Path) -> dict[str, Any]:
     """Train one run; its final metrics and lifecycle counts."""
     r = built_in_trainer(config, seed=seed, db_path=db).run()
@@ -119,6 +137,7 @@ def main() -> int:
             warm = Path(tmp) / "warm.db"
             for k in range(args.warm):
                 run(with_controller(base, "learned", warm), 100 + k, Path(tmp) / f"w{k}.db")
+            warmed = library_summary(warm)
             for seed in args.seeds:
                 for kind in results:
                     lib = Path(tmp) / f"lib-{kind}-{seed}.db"
@@ -128,6 +147,7 @@ def main() -> int:
         print(f"\n### {task} ({base.train.epochs} epochs, master seeds {args.seeds}, library "
               f"warmed by {args.warm} learned runs; overrides: "
               f"{', '.join(args.config_override) or 'none'})\n")  # fmt: skip
+        print(f"Warmed library: {warmed}\n")
         rows = []
         for kind, rs in results.items():
             accs = [r["acc"] for r in rs]
