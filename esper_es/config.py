@@ -29,7 +29,6 @@ from esper_es.core.config import LifecycleConfig
 from esper_es.core.lr_schedule import LR_SCHEDULES
 from esper_es.errors import ConfigError, ConfigFileError
 from esper_es.numerics import MODES, NATIVE
-from esper_es.policy.settings import LearnedConfig
 
 _POSITIVE = [v.instance_of(int), v.ge(1)]
 _NON_NEGATIVE = [v.instance_of(int), v.ge(0)]
@@ -233,13 +232,7 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The config as a plain JSON-able dict."""
-        data = attrs.asdict(self)
-        # `kind` and `learned` came after runs were recorded without them: a heuristic run
-        # records its config as before, so those logs still recompute to the same `RunStarted`.
-        controller = data["controller"]
-        if controller["kind"] == "heuristic" and self.controller.learned == LearnedConfig():
-            del controller["kind"], controller["learned"]
-        return data
+        return attrs.asdict(self)
 
 
 C = TypeVar("C")

@@ -68,13 +68,12 @@ def choices(c: LearnedController, n: int = 150) -> Counter[tuple[str, str, str]]
     return out
 
 
-def test_config_kind_learned_builds_a_learned_controller_and_heuristic_records_as_before() -> None:
+def test_config_kind_learned_builds_a_learned_controller() -> None:
     cfg = config_from_dict({"controller": {"kind": "learned", "learned": {"noise": 0.02}}})
     assert isinstance(controller_for(cfg.controller, 0), LearnedController)
     assert cfg.to_dict()["controller"]["learned"]["noise"] == 0.02
     assert config_from_dict(cfg.to_dict()) == cfg
-    # A heuristic run's recorded config has no `kind`: logs from before it recompute alike.
-    assert "kind" not in config_from_dict({}).to_dict()["controller"]
+    assert config_from_dict({}).to_dict()["controller"]["kind"] == "heuristic"
     with pytest.raises(ConfigError, match=r"controller\.kind"):
         config_from_dict({"controller": {"kind": "oracle"}})
 
