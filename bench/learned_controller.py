@@ -98,7 +98,10 @@ def library_summary(path: Path) -> str:
             "SELECT COUNT(*), SUM(outcome = 'fossilized'), MIN(contribution), MAX(contribution) "
             "FROM kernel_outcomes"
         ).fetchone()
-        (ctx,) = conn.execute("SELECT COUNT(*) FROM germination_contexts").fetchone()
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        ctx = 0
+        if "germination_contexts" in tables:  # created by the first recorded germination
+            (ctx,) = conn.execute("SELECT COUNT(*) FROM germination_contexts").fetchone()
     finally:
         conn.close()
     span = "none measured" if lo is None else f"{lo:+.4f} .. {hi:+.4f}"
