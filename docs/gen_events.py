@@ -41,7 +41,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "BlendTargetSet",
         ),
     ),
-    ("Controller", ("AdaptationDecided", "AdaptationPlanned", "CommandRefused")),
+    ("Controller", ("AdaptationDecided", "AdaptationPlanned", "CommandRefused", "PolicySampled")),
     (
         "Training",
         (

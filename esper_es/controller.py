@@ -30,6 +30,7 @@ from attrs import validators as v
 
 from esper_es.core.decisions import AdaptationDecision, AdaptationType, SeedStats, telemetry_digest
 from esper_es.core.lifecycle import BLENDING_STAGES, KERNEL_STAGES, Stage
+from esper_es.policy.settings import LearnedConfig
 
 _KERNEL = frozenset(s.value for s in KERNEL_STAGES)
 _BLENDING = frozenset(s.value for s in BLENDING_STAGES)
@@ -188,6 +189,11 @@ _POS = [v.instance_of(int), v.ge(1)]
 class ControllerConfig:
     """Thresholds of the heuristic controller (the run config's `[controller]` section)."""
 
+    kind: str = attrs.field(default="heuristic", validator=v.in_(("heuristic", "learned")))
+    """`heuristic` (the rules below) or `learned` (esper_es.policy: the rules say when, a
+    policy fitted on the library's outcomes says what; docs/controller.md)."""
+    learned: LearnedConfig = attrs.field(factory=LearnedConfig)
+    """The learned controller's prior, noise and reward (`[controller.learned]`)."""
     enabled: bool = attrs.field(default=True, validator=v.instance_of(bool))
     """False: the controller never decides (seeds change only by user decisions)."""
     cooldown_steps: int = attrs.field(default=30, validator=_NN)

@@ -16,9 +16,12 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any
+
+import attrs
 
 ROOT = Path(__file__).resolve().parent
 
@@ -108,7 +111,18 @@ RUNS: dict[str, tuple[str, int, int | None]] = {
     "rollback": (DIGITS + PORTABLE, 2, 12),
     "native": (DIGITS, 3, None),
     "decisions": (DIGITS + PORTABLE, 4, None),
+    "learned": (
+        DIGITS.replace("[controller]\n", '[controller]\nkind = "learned"\n') + PORTABLE,
+        5,
+        None,
+    ),
 }
+
+#: Runs that learn across runs: run -> (master seeds, epochs) of the runs (same config, longer,
+#: so that kernels end) that first fill a kernel library it then starts from (`[controller]
+#: kind = "learned"`, docs/controller.md). The library is temporary: the recorded run replays
+#: from its log alone.
+WARM: dict[str, tuple[tuple[int, ...], int]] = {"learned": ((6, 7), 6)}
 
 #: Runs whose user code also decides: run -> {step: (layer, call shape)}. After that step's
 #: boundary a thread calls the orchestrator with the seed call shape (SPEC §4); the decision
@@ -190,7 +204,15 @@ def record(name: str) -> dict[str, Any]:
         Path(str(db) + suffix).unlink(missing_ok=True)
     config = config_from_dict(tomllib.loads(text))
     hook = user_hook(name) if name in USER_DECISIONS else None
-    built_in_trainer(config, seed=seed, db_path=db, on_step=hook).run()
+    with tempfile.TemporaryDirectory() as tmp:
+        if name in WARM:
+            library = attrs.evolve(config.library, path=str(Path(tmp) / "library.db"))
+            config = attrs.evolve(config, library=library)
+            seeds, epochs = WARM[name]
+            for warm in seeds:
+                trainer = built_in_trainer(config, seed=warm, db_path=Path(tmp) / f"{warm}.db")
+                trainer.run(epochs)
+        built_in_trainer(config, seed=seed, db_path=db, on_step=hook).run()
     if back is not None:
         with RunDatabase.open(db, readonly=True) as rdb:
             ends = boundary_ends(RecordedLog(rdb, "main"))

@@ -370,6 +370,45 @@ class LibraryConsulted(RunEvent):
     step: int = 0
 
 
+@event_type(1)
+@attrs.frozen(kw_only=True)
+class PolicyFitted(RunEvent):
+    """The learned controller's posterior for this run, fitted when it started (docs/controller.md).
+
+    `posterior`: feature `names`, `mean`, `cov` (a Gaussian over the feature weights) and `n`
+    outcome rows it was fitted on; `rows_digest`: `sha256:` of those rows' canonical JSON;
+    `library`: the library they came from (null: none, the prior alone). The controller reads
+    this event, never the library, so replay, resume and rollback decide as the run did.
+    """
+
+    library: str | None
+    posterior: dict[str, Any]
+    prior_scale: float
+    noise: float
+    fossil_bonus: float
+    rows_digest: str
+    step: int = 0
+
+
+@event_type(1)
+@attrs.frozen(kw_only=True)
+class PolicySampled(ControllerEvent):
+    """The learned controller's Thompson draw at one boundary, and what it chose with it.
+
+    `posterior_digest` names the `PolicyFitted` posterior; `draw_seed` (derived from the master
+    seed and the step) gave `theta`, one weight per posterior feature name; `candidates` lists
+    each action `(strategy, layer, blueprint)` with the features it read and its sampled
+    score; `chosen` the indices of the candidates acted on, in decision order.
+    """
+
+    step: int
+    posterior_digest: str
+    draw_seed: int
+    theta: list[float]
+    candidates: list[dict[str, Any]]
+    chosen: list[int]
+
+
 # --- training -------------------------------------------------------------------------
 
 

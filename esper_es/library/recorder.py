@@ -40,6 +40,7 @@ from esper_es.library.statistics import (
 )
 from esper_es.nn.kernels import Kernel
 from esper_es.nn.projector import Projector
+from esper_es.policy.contexts import ContextRecorder
 from esper_es.store.protocol import RunStore
 
 OUTCOMES: dict[type[ev.Event], str] = {
@@ -79,6 +80,8 @@ class KernelRecorder:
         self.branch = branch
         self.contribution = contribution
         self.library = library
+        #: Germination contexts for the learned controller (esper_es.policy.contexts).
+        self.contexts = ContextRecorder(library, run_id, branch) if library is not None else None
         self.prior = prior or RankingPrior()
         self.kernel_config = {k: dict(v) for k, v in (kernel_config or {}).items()}
         self.alive: dict[str, _Alive] = {}
@@ -97,6 +100,7 @@ class KernelRecorder:
         if self.library is not None:
             self.library.close()
             self.library = None
+            self.contexts = None
 
     def recorded_consultation(self) -> ev.LibraryConsulted | None:
         """The run's `LibraryConsulted`, if its log has one (a replay, resume or rollback)."""
@@ -133,6 +137,8 @@ class KernelRecorder:
 
     def before(self, event: ev.Event) -> Callable[[], None] | None:
         """The callback to run once `event` is projected, if it concerns the library."""
+        if self.contexts is not None:
+            self.contexts.seen(event)
         if isinstance(event, ev.SeedGerminated):
             return lambda: self._germinated(event)
         outcome = OUTCOMES.get(type(event))

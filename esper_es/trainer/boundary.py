@@ -26,6 +26,7 @@ from esper_es.command_bus import Outcome
 from esper_es.core import commands as c
 from esper_es.core import events as ev
 from esper_es.core.lr_schedule import lr_factor
+from esper_es.policy import fitting as policy
 from esper_es.runtime.environment import capture_environment
 from esper_es.trainer.checkpoints import checkpoint_event
 from esper_es.trainer.initial_weights import record_initial_weights
@@ -61,6 +62,9 @@ def start_boundary(t: Trainer) -> None:
     consulted = t.recorder.consultation(layer.shape_kind for layer in t.layers.values())
     if consulted is not None:
         start_cmds.append(fact(t, consulted))
+    fitted = policy.start_fact(t)
+    if fitted is not None:
+        start_cmds.append(fact(t, fitted))
     start_cmds += [layer.register_command(t._new_id()) for layer in t.layers.values()]
     start_cmds.append(fact(t, ev.EpochCompleted(
         epoch=0, step=0, train_loss=val_loss0, val_loss=val_loss0, val_accuracy=acc0,
@@ -207,7 +211,7 @@ def boundary(
         commands += t.driver.commands(t.step, t._touched_seed_states(), probe)
         every = t.config.train.controller_every_steps
         if t.controller is not None and (controller or (every > 0 and t.step % every == 0)):
-            run_controller(t)
+            commands += [fact(t, e) for e in run_controller(t)]
         commands += t.orchestrator.commands_for_boundary(t.step, t._stats())
     if commands:
         count_decisions(t, commit(t, commands))
@@ -263,12 +267,18 @@ def count_decisions(t: Trainer, outcomes: Sequence[Outcome]) -> None:
             t.decisions_this_epoch += 1
 
 
-def run_controller(t: Trainer) -> None:
-    """Ask the controller for decisions on this boundary's telemetry and queue them."""
+def run_controller(t: Trainer) -> list[ev.Event]:
+    """Queue the controller's decisions on this boundary's telemetry; the facts it records.
+
+    A controller with `take_facts` (the learned one: its `PolicySampled`) hands over what it
+    read and drew, recorded in this boundary before the decisions.
+    """
     assert t.controller is not None and t.orchestrator is not None
     snapshot = t.telemetry()
     for decision in t.controller.decide(snapshot):
         t.orchestrator.submit(decision, source="controller", telemetry=snapshot.to_dict())
+    take = getattr(t.controller, "take_facts", None)
+    return list(take()) if take is not None else []
 
 
 # --- facts ----------------------------------------------------------------------------------

@@ -37,11 +37,7 @@ from torch import Tensor, nn
 from esper_es import numerics
 from esper_es.command_bus import CommandBus, Outcome
 from esper_es.config import RunConfig
-from esper_es.controller import (
-    Controller,
-    HeuristicController,
-    Telemetry,
-)
+from esper_es.controller import Controller, Telemetry
 from esper_es.core import commands as c
 from esper_es.core import events as ev
 from esper_es.core.blending import BlendSchedule
@@ -57,6 +53,8 @@ from esper_es.nn.projector import Projector
 from esper_es.nn.seed_layer import SeedLayer
 from esper_es.nn.telemetry import SeedTelemetry
 from esper_es.orchestrator import SeedOrchestrator
+from esper_es.policy import fitting as policy
+from esper_es.policy.learned import controller_for as default_controller
 from esper_es.runtime.environment import configure_determinism, pin_threads
 from esper_es.store.backends import create_store, is_postgres
 from esper_es.store.protocol import RunStore
@@ -143,7 +141,7 @@ class Trainer:
         self.on_step = on_step
         self.run_id = run_id or f"run-{uuid.uuid4().hex[:12]}"
         if controller is _DEFAULT:
-            controller = HeuristicController(config.controller)
+            controller = default_controller(config.controller, int(master_seed))
         self.controller: Controller | None = controller
         check_kernel_config(config.seeds.kernel_config, "seeds.kernel_config")
         self._configure_runtime()
@@ -329,6 +327,7 @@ class Trainer:
         )
         self._new_id = self.id_sources["trainer"]
         self._probe = LiveProbe(self)
+        policy.bind(self)
 
     def train_from(self, epochs: int, at: Position | None = None) -> bool:
         """Train up to the end of `epochs`, from the start or from position `at`; True if stopped.

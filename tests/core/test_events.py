@@ -79,6 +79,21 @@ BY_NAME: dict[str, Any] = {
             "fossilized": 0,
         },
     ],
+    "posterior": {"names": ["bias"], "mean": [0.0], "cov": [[0.0004]], "n": 0},
+    "rows_digest": "sha256:" + "03" * 32,
+    "posterior_digest": "sha256:" + "04" * 32,
+    "draw_seed": 7,
+    "theta": [0.01],
+    "chosen": [0],
+    "candidates": [
+        {
+            "strategy": "diversify",
+            "layer": "layer1",
+            "blueprint": "mlp",
+            "features": {"bias": 1.0},
+            "score": 0.01,
+        },
+    ],
 }
 BY_TYPE: dict[Any, Any] = {
     str: 'x-é"\\',

@@ -79,7 +79,7 @@ def test_every_branch_replays_to_its_expected_fingerprint(name: str) -> None:
         assert result.checkpoints_checked > 0
 
 
-@pytest.mark.parametrize("name", ["digits", "decisions"])
+@pytest.mark.parametrize("name", ["digits", "decisions", "learned"])
 def test_recomputing_the_decisions_gives_the_recorded_run(name: str) -> None:
     # The controller and driver run live again and every event is matched against the log;
     # in `decisions` two of them came from user code in other threads (the seed call shape),
@@ -91,3 +91,15 @@ def test_recomputing_the_decisions_gives_the_recorded_run(name: str) -> None:
     assert ("user" in sources) == (name == "decisions")
     result = replay(db, recompute_decisions=True)
     assert (result.head_seq, result.fingerprint) == (want["head_seq"], want["fingerprint"])
+
+
+def test_the_learned_run_decided_from_a_posterior_its_log_holds() -> None:
+    # Its library was a temporary file, long gone: the recomputation above drew from the
+    # recorded posterior, fitted on the warm-up runs' outcomes.
+    db = CORPUS / "learned" / "run.db"
+    with RunDatabase.open(db, readonly=True) as rdb:
+        (fitted,) = [r.payload for r in rdb.read(types=["PolicyFitted"])]
+        sampled = list(rdb.read(types=["PolicySampled"]))
+    assert fitted["posterior"]["n"] > 0
+    assert not Path(fitted["library"]).exists()
+    assert sampled

@@ -143,6 +143,35 @@ EXAMPLES: list[ev.Event] = [
             },
         ],
     ),
+    ev.PolicyFitted(
+        library="kernels.db",
+        posterior={
+            "names": ["bias", "blueprint:mlp"],
+            "mean": [0.001, -0.0125],
+            "cov": [[0.0004, -0.0001], [-0.0001, 0.0003]],
+            "n": 4,
+        },
+        prior_scale=0.02,
+        noise=0.01,
+        fossil_bonus=0.02,
+        rows_digest="sha256:" + "ab" * 32,
+    ),
+    ev.PolicySampled(
+        step=270,
+        posterior_digest="sha256:" + "cd" * 32,
+        draw_seed=2**62,
+        theta=[0.01, -0.5],
+        candidates=[
+            {
+                "strategy": "diversify",
+                "layer": "layer1",
+                "blueprint": "mlp",
+                "features": {"bias": 1.0, "blueprint:mlp": 1.0},
+                "score": -0.49,
+            }
+        ],
+        chosen=[0],
+    ),
 ]
 
 
