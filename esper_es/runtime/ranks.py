@@ -11,8 +11,6 @@ flat tensors:
   world size. Every rank ends with the same bits (gloo and NCCL ring all-reduce finish with
   the reduced chunks copied to all ranks), and the same world size sums in the same order
   from run to run.
-- `broadcast_tensors`: rank 0's values of tensors on every rank (buffers such as batch-norm
-  statistics, which each rank would otherwise update from its own shard).
 - `all_gather_bytes`: one fixed-size record from every rank (fingerprint digests).
 
 A lost rank (killed, crashed) surfaces in the others as a `RuntimeError` from the backend;
@@ -147,21 +145,6 @@ class RankGroup:
             with self._collective("all_reduce"):
                 dist.all_reduce(flat, op=dist.ReduceOp.SUM)
             flat.div_(self.world_size)
-            offset = 0
-            for t in group:
-                n = t.numel()
-                t.copy_(flat[offset : offset + n].view_as(t))
-                offset += n
-
-    def broadcast_tensors(self, tensors: Sequence[Tensor]) -> None:
-        """Give every rank rank 0's values of `tensors` (in place), one bucket per dtype."""
-        by_dtype: dict[torch.dtype, list[Tensor]] = {}
-        for t in tensors:
-            by_dtype.setdefault(t.dtype, []).append(t)
-        for group in by_dtype.values():
-            flat = torch.cat([t.reshape(-1) for t in group]).to(self.device)
-            with self._collective("broadcast"):
-                dist.broadcast(flat, src=0)
             offset = 0
             for t in group:
                 n = t.numel()

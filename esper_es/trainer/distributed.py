@@ -33,8 +33,10 @@ at the same step because every rank projects the same `SeedGerminated` at the sa
 
 Seed telemetry (the losses with and without a TRAINING seed) is measured by every rank on its
 own shard and averaged before it is folded in, so a decision never depends on one shard.
-Floating-point buffers (batch-norm statistics) are rank 0's after every step, as DDP's
-`broadcast_buffers` makes them.
+Floating-point buffers (batch-norm running statistics) are averaged over the ranks after every
+step, in the gradients' bucket: every shard counts (DDP's `broadcast_buffers` keeps rank 0's
+instead), and a step costs one collective besides rank 0's message (B10 in
+docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -148,14 +150,12 @@ class RankHooks:
         return shard_steps(t.train_data, t.config.train.batch_size, self.world_size)
 
     def reduce_step(self, loss: Tensor) -> Tensor:
-        """After the backward pass: mean gradients and loss over ranks; rank 0's buffers."""
+        """After the backward pass: gradients, loss and buffers, each the mean over ranks."""
         model = self.trainer.model
         value = loss.detach().reshape(1).clone()
         grads = [p.grad for p in model.parameters() if p.grad is not None]
-        self.group.all_reduce_mean([*grads, value])
         buffers = [b for b in model.buffers() if b.is_floating_point()]
-        if buffers:
-            self.group.broadcast_tensors(buffers)
+        self.group.all_reduce_mean([*grads, value, *buffers])
         return value[0]
 
     def reduce_pair(self, pair: tuple[float, float]) -> tuple[float, float]:

@@ -62,8 +62,8 @@ def _train(rank: int, world: int, port: int, out: Any) -> None:
             logits = model(x[batch].to(device))
             loss = torch.nn.functional.cross_entropy(logits, y[batch].to(device))
             loss.backward()
-            group.all_reduce_mean([p.grad for p in model.parameters() if p.grad is not None])
-            group.broadcast_tensors([b for b in model.buffers() if b.is_floating_point()])
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            group.all_reduce_mean([*grads, *(b for b in model.buffers() if b.is_floating_point())])
             opt.step()
         if rank == 0:
             group.send({"op": "done", "records": []}, b"fingerprints follow")
