@@ -39,12 +39,14 @@ from esper_es.store.records import (
     now_iso,
 )
 from esper_es.store.sqlite_files import (
+    INSERT_EVENTS,
     SqliteSession,
     audit_path,
     check_file_end,
     check_format,
     check_run_database_file,
     connect,
+    import_rows,
     initialise,
     iter_rows,
     lock_path,
@@ -75,12 +77,6 @@ __all__ = [
 ]
 
 _ID_CHUNK = 900  # ids per `IN (...)` query, well under SQLite's variable limit
-
-_INSERT = (
-    "INSERT INTO events (seq, event_id, run_id, branch, stream, stream_version, type,"
-    " schema_version, payload, causation_id, correlation_id, recorded_at, prev_hash, hash)"
-    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-)
 
 
 class RunDatabase(BranchIndex):
@@ -322,7 +318,7 @@ class RunDatabase(BranchIndex):
                 recorded_at=now_iso(),
             )
             if rows:
-                conn.executemany(_INSERT, rows)
+                conn.executemany(INSERT_EVENTS, rows)
         for stream, version in new_versions.items():
             self._versions[(branch, stream)] = version
         if self._audit is not None and rows:
@@ -484,29 +480,18 @@ class RunDatabase(BranchIndex):
         if self.head()[0] != 0:
             raise ValueError(f"{self.location} already holds events")
         with self._mutex, transaction(self._conn):
-            self._conn.executemany(
-                "INSERT OR IGNORE INTO blobs (key, size, data) VALUES (?,?,?)", blobs
-            )
-            self._conn.executemany(
-                "INSERT OR IGNORE INTO branches (name, parent, fork_seq, created_seq)"
-                " VALUES (?,?,?,?)",
-                [(b.name, b.parent, b.fork_seq, b.created_seq) for b in branches],
-            )
-            batch: list[Row] = []
-            for row in rows:
+            import_rows(self._conn, rows, branches, blobs)
+        if self._audit is not None:
+            # After the commit, as for every append: the trail may lag the log, never lead it.
+            batch = []
+            for row in iter_rows(self._conn, 1):
                 batch.append(row)
                 if len(batch) >= 10_000:
-                    self._insert_imported(batch)
+                    self._audit.record(batch)
                     batch = []
-            self._insert_imported(batch)
+            self._audit.record(batch)
         self._versions.clear()
         self._load_branches()
-
-    def _insert_imported(self, batch: list[Row]) -> None:
-        if batch:
-            self._conn.executemany(_INSERT, batch)
-            if self._audit is not None:
-                self._audit.record(batch)
 
     # --- helpers ----------------------------------------------------------------------
 

@@ -44,6 +44,12 @@ _TRIGGER_SPECS = (
 )
 assert tuple(spec[0] for spec in _TRIGGER_SPECS) == TRIGGERS
 
+INSERT_EVENTS = (
+    "INSERT INTO events (seq, event_id, run_id, branch, stream, stream_version, type,"
+    " schema_version, payload, causation_id, correlation_id, recorded_at, prev_hash, hash)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+
 
 def lock_path(path: Path) -> Path:
     """The sidecar file whose flock marks the single writer."""
@@ -322,6 +328,21 @@ def iter_rows(conn: sqlite3.Connection, from_seq: int) -> Iterator[tuple[Any, ..
             return
         last = row[0]
         yield row
+
+
+def import_rows(
+    conn: sqlite3.Connection,
+    rows: Iterator[tuple[Any, ...]],
+    branches: Sequence[Any],
+    blobs: Iterator[tuple[str, int, bytes]],
+) -> None:
+    """Insert another store's blobs, branches and rows as they are (in the open transaction)."""
+    conn.executemany("INSERT OR IGNORE INTO blobs (key, size, data) VALUES (?,?,?)", blobs)
+    conn.executemany(
+        "INSERT OR IGNORE INTO branches (name, parent, fork_seq, created_seq) VALUES (?,?,?,?)",
+        [(b.name, b.parent, b.fork_seq, b.created_seq) for b in branches],
+    )
+    conn.executemany(INSERT_EVENTS, rows)
 
 
 def check_file_end(conn: sqlite3.Connection, path: Path) -> None:
