@@ -24,6 +24,7 @@ from esper_es.errors import (
     EXIT_OK,
     EsperError,
     MissingDependency,
+    StorageError,
     TamperDetected,
     UsageError,
 )
@@ -100,12 +101,29 @@ def run_command(args: argparse.Namespace, fn: Callable[[argparse.Namespace], int
     """Run one parsed command; an SQLite failure it did not classify names its database."""
     try:
         return int(fn(args))
+    except Exception as exc:
+        if type(exc).__module__.split(".")[0] != "psycopg":
+            raise
+        # A PostgreSQL server lost mid-command (or refusing a statement): the store's own
+        # StorageError, naming the run without its password, never an internal error.
+        raise _postgres_failure(args, exc) from None
     except sqlite3.DatabaseError as exc:
         # A full disk, an I/O error or a vanished file during a write: never a traceback,
         # never a false tamper alarm for what the file system refused.
         from esper_es.store.sqlite_files import sqlite_failure
 
         raise sqlite_failure(Path(str(getattr(args, "db", None) or "the database")), exc) from None
+
+
+def _postgres_failure(args: argparse.Namespace, exc: Exception) -> StorageError:
+    """A psycopg error as a StorageError, its text scrubbed of the location's secrets."""
+    from esper_es.store.pg_location import PgLocation, describe, is_postgres
+
+    location = str(getattr(args, "db", None) or getattr(args, "src", None) or "the database")
+    text = " ".join(str(exc).split())
+    if is_postgres(location):
+        text = PgLocation.parse(location).scrub(text)
+    return StorageError(describe(location), f"PostgreSQL failed: {text}")
 
 
 def _internal_error(want_json: bool, exc: Exception) -> int:
