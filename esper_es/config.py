@@ -74,9 +74,9 @@ class TrainConfig:
     """Epochs to train."""
     batch_size: int = attrs.field(default=32, validator=_POSITIVE)
     """Examples per mini-batch (the last batch of an epoch may be smaller)."""
-    lr: float = attrs.field(default=0.01, validator=v.gt(0.0))
+    lr: float = attrs.field(default=0.03, validator=v.gt(0.0))
     """Learning rate of the host's parameters."""
-    seed_lr: float = attrs.field(default=0.01, validator=v.gt(0.0))
+    seed_lr: float = attrs.field(default=0.03, validator=v.gt(0.0))
     """Learning rate of every seed kernel's own param group."""
     optimizer: str = attrs.field(default="adam", validator=v.in_(("adam", "sgd")))
     """`adam` or `sgd` (with momentum 0.9)."""
@@ -95,7 +95,7 @@ class TrainConfig:
     frozen) or `straight_through` (the host activation's gradient, `nn.isolation`)."""
     val_batch_size: int = attrs.field(default=512, validator=_POSITIVE)
     """Examples per batch when evaluating the validation set."""
-    lr_schedule: str = attrs.field(default="constant", validator=v.in_(LR_SCHEDULES))
+    lr_schedule: str = attrs.field(default="one_cycle", validator=v.in_(LR_SCHEDULES))
     """Learning-rate schedule of every param group (`trainer.schedule`): `constant`, `cosine`
     (warm-up, then down to `lr_min_factor` over the run's epochs) or `one_cycle`."""
     lr_warmup_steps: int = attrs.field(default=0, validator=_NON_NEGATIVE)
@@ -174,7 +174,7 @@ class DriverConfig:
     """Steps in FINE_TUNING before the contribution is re-measured."""
     instability_window: int = attrs.field(default=20, validator=[v.instance_of(int), v.ge(2)])
     """Recent training losses whose relative spread (std / mean) is the instability."""
-    contribution_examples: int = attrs.field(default=256, validator=_POSITIVE)
+    contribution_examples: int = attrs.field(default=512, validator=_POSITIVE)
     """Size of the fixed validation batch that contributions are measured on."""
 
 

@@ -126,6 +126,8 @@ class Telemetry:
     last_decision_step: int | None = None
     decisions_this_epoch: int = 0
     layers: tuple[LayerTelemetry, ...] = ()
+    recent_train_losses: tuple[float, ...] = attrs.field(default=(), converter=_floats)
+    """The last steps' training losses (the trainer gives up to 64, across epochs), oldest first."""
 
     def layer(self, name: str) -> LayerTelemetry:
         """The telemetry of layer `name` (KeyError if absent)."""
@@ -146,6 +148,7 @@ class Telemetry:
             "last_decision_step": self.last_decision_step,
             "decisions_this_epoch": self.decisions_this_epoch,
             "layers": [layer.to_dict() for layer in self.layers],
+            "recent_train_losses": [_finite(x) for x in self.recent_train_losses],
         }
 
     def digest(self) -> str:
@@ -204,21 +207,27 @@ class ControllerConfig:
     """No decision before this step."""
     plateau_window: int = attrs.field(default=2, validator=_POS)
     """Validation losses compared: the latest against the one `plateau_window` entries before."""
-    plateau_threshold: float = attrs.field(default=0.02, validator=v.instance_of(float))
+    plateau_threshold: float = attrs.field(default=0.1, validator=v.instance_of(float))
     """A relative improvement of validation loss below this over the window is a plateau."""
+    plateau_steps: int = attrs.field(default=15, validator=_NN)
+    """Within an epoch: the mean training loss of the last this many steps against the mean
+    of the this many before; a relative improvement below `plateau_threshold` is a plateau too
+    (0: only the validation rule)."""
     seeds_per_adaptation: int = attrs.field(default=1, validator=_POS)
     """Seeds an `add_seed` decision germinates (its `num_seeds`)."""
     underperform_contribution: float = attrs.field(default=0.0, validator=v.instance_of(float))
     """A measured contribution below this marks a seed as underperforming (REPLACE)."""
     max_grad_norm_ratio: float = attrs.field(default=10.0, validator=v.gt(0.0))
     """A seed's gradient-norm ratio above this (or non-finite) is unhealthy (REPLACE)."""
-    specialize_spread: float = attrs.field(default=0.05, validator=v.ge(0.0))
-    """Blending seeds whose contributions differ by at least this are specialised."""
+    specialize_spread: float = attrs.field(default=0.01, validator=v.ge(0.0))
+    """Measured active seeds whose contributions differ by at least this are specialised
+    (0: never)."""
     ensemble_similarity: float = attrs.field(default=0.01, validator=v.ge(0.0))
-    """Blending seeds, all contributing, within this of each other form an ensemble."""
+    """On a plateau, a layer whose kernel-holding seeds all contribute (> 0) within this of
+    each other is grown by ENSEMBLE (every dormant slot) rather than DIVERSIFY."""
     ensemble: bool = attrs.field(default=False, validator=v.instance_of(bool))
     """True: on a plateau, fill every dormant slot with equal blend targets (ENSEMBLE)."""
-    record_outcomes: bool = attrs.field(default=False, validator=v.instance_of(bool))
+    record_outcomes: bool = attrs.field(default=True, validator=v.instance_of(bool))
     """Record `DecisionOutcomeMeasured` for each decision once its changes resolved
     (`esper_es.core.outcomes`)."""
 
@@ -235,16 +244,19 @@ class HeuristicController:
        `max_grad_norm_ratio` (or is not finite) → `optimize_parameters` (REPLACE) of those seeds.
     2. **Underperforming**: an active seed with measured contribution below
        `underperform_contribution`, while another fitting blueprint kind exists →
-       `optimize_parameters` (REPLACE) of those seeds.
-    3. **Diverging contributions**: two or more blending seeds whose measured contributions
-       spread by at least `specialize_spread` → `remove_seed` (SPECIALIZE), keeping the best.
-    4. **Similar contributions**: two or more blending seeds, all contributing (> 0), within
-       `ensemble_similarity` of each other, and a dormant slot left → `modify_architecture`
-       (ENSEMBLE).
-    5. **Plateau** (at most one layer per call, the first with dormant slots): the validation
+       `optimize_parameters` (REPLACE): its kernel is swapped in its own slot.
+    3. **Uneven contributions**: two or more measured active seeds whose contributions spread
+       by at least `specialize_spread`, the best paying (> 0) → `remove_seed` (SPECIALIZE):
+       keep the seeds within `specialize_spread` of the best, cull the rest, raise the kept
+       seeds' blend targets to 1.
+    4. **Plateau** (at most one layer per call, the first with dormant slots): the validation
        loss improved by less than `plateau_threshold` (relative) over the last
-       `plateau_window` entries → `add_seed` (DIVERSIFY, `seeds_per_adaptation` seeds), or
-       `modify_architecture` (ENSEMBLE) when `ensemble` is set.
+       `plateau_window` evaluations, or, within the epoch, the mean training loss of the last
+       `plateau_steps` steps improved by less than that on the `plateau_steps` before →
+       - `modify_architecture` (ENSEMBLE) when every kernel-holding seed of the layer pays
+         (measured contribution > 0, all within `ensemble_similarity` of each other), or when
+         `ensemble` is set: fill the dormant slots;
+       - else `add_seed` (DIVERSIFY, `seeds_per_adaptation` seeds of kinds not active there).
     """
 
     def __init__(self, config: ControllerConfig | None = None) -> None:
@@ -268,46 +280,74 @@ class HeuristicController:
             if made is not None:
                 out.append(made)
                 decided.add(layer.name)
-        plateau = self.plateau(t)
-        if plateau is not None:
-            rel, ref, cur = plateau
+        why = self.plateau_reason(t)
+        if why is not None:
             for layer in t.layers:
                 free = layer.dormant()
                 if layer.name in decided or not free:
                     continue
-                why = (
-                    f"validation loss plateaued: {ref:.4g} -> {cur:.4g} over the last "
-                    f"{cfg.plateau_window} evaluations ({rel:+.2%} < {cfg.plateau_threshold:.2%})"
-                )
-                if cfg.ensemble:
-                    out.append(
-                        _decision(layer, "modify_architecture", {}, f"{why}; ensemble", digest)
-                    )
-                else:
-                    n = min(cfg.seeds_per_adaptation, len(free))
-                    out.append(
-                        _decision(
-                            layer,
-                            "add_seed",
-                            {"num_seeds": n},
-                            f"{why}; {len(free)} dormant slot(s) in {layer.name}",
-                            digest,
-                        )
-                    )
+                out.append(self._grow(layer, why, digest))
                 break
         return out[:budget]
+
+    def _grow(self, layer: LayerTelemetry, why: str, digest: str) -> AdaptationDecision:
+        cfg = self.config
+        free = layer.dormant()
+        held = [s for s in layer.seeds if s.holds_kernel]
+        paying = _paying(held, cfg.ensemble_similarity)
+        if cfg.ensemble or paying is not None:
+            because = "ensemble = true" if paying is None else paying
+            return _decision(
+                layer,
+                "modify_architecture",
+                {"target": 1.0},
+                f"{why}; {because}: fill {len(free)} dormant slot(s) of {layer.name}",
+                digest,
+            )
+        n = min(cfg.seeds_per_adaptation, len(free))
+        return _decision(
+            layer,
+            "add_seed",
+            {"num_seeds": n},
+            f"{why}; {len(free)} dormant slot(s) in {layer.name}",
+            digest,
+        )
 
     def plateau(self, t: Telemetry) -> tuple[float, float, float] | None:
         """(relative improvement, reference loss, latest loss) if validation loss plateaued."""
         w = self.config.plateau_window
-        hist = t.val_loss_history
-        if len(hist) <= w:
+        return _flat(t.val_loss_history[-w - 1 :: w] if len(t.val_loss_history) > w else (),
+                     self.config.plateau_threshold)  # fmt: skip
+
+    def step_plateau(self, t: Telemetry) -> tuple[float, float, float] | None:
+        """(relative improvement, earlier mean, latest mean) of training loss within the epoch."""
+        w = self.config.plateau_steps
+        losses = t.recent_train_losses
+        if w <= 0 or len(losses) < 2 * w:
             return None
-        ref, cur = hist[-w - 1], hist[-1]
-        if not (math.isfinite(ref) and math.isfinite(cur)) or ref == 0.0:
-            return None
-        rel = (ref - cur) / abs(ref)
-        return (rel, ref, cur) if rel < self.config.plateau_threshold else None
+        earlier = sum(losses[-2 * w : -w]) / w
+        latest = sum(losses[-w:]) / w
+        return _flat((earlier, latest), self.config.plateau_threshold)
+
+    def plateau_reason(self, t: Telemetry) -> str | None:
+        """Why the host counts as plateaued now (the numbers read), or None."""
+        cfg = self.config
+        found = self.plateau(t)
+        if found is not None:
+            rel, ref, cur = found
+            return (
+                f"validation loss plateaued: {ref:.4g} -> {cur:.4g} over the last "
+                f"{cfg.plateau_window} evaluations ({rel:+.2%} < {cfg.plateau_threshold:.2%})"
+            )
+        found = self.step_plateau(t)
+        if found is not None:
+            rel, ref, cur = found
+            return (
+                f"training loss plateaued at step {t.step}: mean {ref:.4g} -> "
+                f"{cur:.4g} over the last 2 x {cfg.plateau_steps} steps "
+                f"({rel:+.2%} < {cfg.plateau_threshold:.2%})"
+            )
+        return None
 
     def _layer_rule(self, layer: LayerTelemetry, digest: str) -> AdaptationDecision | None:
         cfg = self.config
@@ -344,37 +384,59 @@ class HeuristicController:
                 "optimize_parameters",
                 {"num_replace": len(weak), "seeds": [s.seed for s in weak]},
                 f"underperforming seeds (contribution {listed} < "
-                f"{cfg.underperform_contribution:g}) and other blueprints fit",
+                f"{cfg.underperform_contribution:g}) and other blueprints fit: swap their "
+                "kernels in their own slots",
                 digest,
             )
         measured = [
-            s
-            for s in layer.seeds
-            if s.blending and s.contribution is not None and math.isfinite(s.contribution)
+            s for s in active if s.contribution is not None and math.isfinite(s.contribution)
         ]
-        if len(measured) >= 2:
+        if len(measured) >= 2 and cfg.specialize_spread > 0.0:
             values = [float(s.contribution or 0.0) for s in measured]
             hi, lo = max(values), min(values)
-            if hi - lo >= cfg.specialize_spread and cfg.specialize_spread > 0.0:
-                best = max(measured, key=lambda s: (float(s.contribution or 0.0), s.seed))
+            if hi > 0.0 and hi - lo >= cfg.specialize_spread:
+                keep = sorted(
+                    (
+                        s
+                        for s in measured
+                        if float(s.contribution or 0.0) > hi - cfg.specialize_spread
+                    ),
+                    key=lambda s: s.seed,
+                )
+                listed = ", ".join(f"{s.seed} {s.contribution:+.4g}" for s in measured)
                 return _decision(
                     layer,
                     "remove_seed",
-                    {"keep": 1},
-                    f"blending seeds' contributions spread {lo:+.4g}..{hi:+.4g} "
-                    f"(>= {cfg.specialize_spread:g}); keep {best.seed}",
-                    digest,
-                )
-            if lo > 0.0 and hi - lo <= cfg.ensemble_similarity and layer.dormant():
-                return _decision(
-                    layer,
-                    "modify_architecture",
-                    {},
-                    f"{len(measured)} blending seeds contribute alike ({lo:+.4g}..{hi:+.4g}, "
-                    f"within {cfg.ensemble_similarity:g}); ensemble with the dormant slots",
+                    {"keep": len(keep)},
+                    f"active seeds' contributions are uneven ({listed}: spread "
+                    f"{hi - lo:.4g} >= {cfg.specialize_spread:g}); keep "
+                    f"{', '.join(s.seed for s in keep)}, cull the rest",
                     digest,
                 )
         return None
+
+
+def _flat(pair: Any, threshold: float) -> tuple[float, float, float] | None:
+    """(relative improvement, ref, cur) when `pair` = (ref, cur) improved by < `threshold`."""
+    if len(pair) != 2:
+        return None
+    ref, cur = float(pair[0]), float(pair[1])
+    if not (math.isfinite(ref) and math.isfinite(cur)) or ref == 0.0:
+        return None
+    rel = (ref - cur) / abs(ref)
+    return (rel, ref, cur) if rel < threshold else None
+
+
+def _paying(held: list[SeedTelemetryView], similarity: float) -> str | None:
+    """Why every kernel-holding seed pays (all measured > 0, within `similarity`), or None."""
+    values = [s.contribution for s in held]
+    if not held or any(c is None or not math.isfinite(c) or c <= 0.0 for c in values):
+        return None
+    nums = [float(c or 0.0) for c in values]
+    if max(nums) - min(nums) > similarity:
+        return None
+    listed = ", ".join(f"{s.seed} {s.contribution:+.4g}" for s in held)
+    return f"every seed holding a kernel pays ({listed})"
 
 
 def _decision(

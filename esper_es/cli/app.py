@@ -184,6 +184,12 @@ def cli() -> None:
 @click.option("--epochs", type=COUNT, help="Override train.epochs of the config.")
 @click.option("--seed", type=NATURAL, help="Master seed.  [default: 0]")
 @click.option(
+    "--baseline",
+    is_flag=True,
+    help="Also train the same host static (no seeds) for the same epochs and schedule, "
+    "and print grown vs static.",
+)
+@click.option(
     "--numerics",
     type=click.Choice(["native", "portable"]),
     help="Override determinism.numerics: native (this CPU's fastest kernels; replays on the "
@@ -196,7 +202,8 @@ def train(**values: Any) -> int:
 
     Trains the host of a run config (default: a small CNN on scikit-learn's digits) with
     seed layers and the controller; every decision and transition goes to the log. Prints
-    accuracy, seeds by stage, events written and the model's fingerprint."""
+    the untrained host's and the grown model's accuracy (--baseline: also the same host
+    trained static), seeds by stage, events written and the model's fingerprint."""
     return _run("train", "running:cmd_train", values)
 
 

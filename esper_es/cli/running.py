@@ -66,6 +66,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     if model_path is not None:
         with feedback.phase(f"writing the grown model to {model_path}"):
             _write_trained_model(trainer, result, model_path)
+    grown_params = sum(p.numel() for p in trainer.model.parameters())
+    baseline = None
+    if args.baseline and not result.interrupted:
+        from esper_es.trainer.baseline import static_baseline
+
+        with feedback.phase("training the same host static for the baseline"):
+            baseline = static_baseline(config, seed)
     obj = {
         "run_id": result.run_id,
         "branch": result.branch,
@@ -83,6 +90,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         "seconds": round(result.seconds, 3),
         "db": result.db,
         "model": None if model_path is None else str(model_path),
+        "parameters": grown_params,
+        "baseline": None if baseline is None else attrs.asdict(baseline),
     }
 
     def text() -> None:
@@ -95,10 +104,21 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"in {result.seconds:.1f} s ({config.host.task})"
         )
         print(
-            f"accuracy: static host at start {pct(result.accuracy_start)} -> grown model "
+            f"accuracy: untrained host {pct(result.accuracy_start)} -> grown model "
             f"{pct(result.accuracy_end)}  (val loss {result.val_loss_start:.4f} -> "
-            f"{result.val_loss_end:.4f})"
+            f"{result.val_loss_end:.4f}; {grown_params} parameters)"
         )
+        if baseline is not None:
+            lift = ""
+            if baseline.accuracy is not None and result.accuracy_end is not None:
+                lift = f", grown - static {100 * (result.accuracy_end - baseline.accuracy):+.2f} pp"
+            print(
+                f"baseline: the same host trained static for the same {baseline.epochs} epochs "
+                f"and schedule {pct(baseline.accuracy)} (val loss {baseline.val_loss:.4f}; "
+                f"{baseline.parameters} parameters){lift}"
+            )
+        elif not result.interrupted:
+            print("(--baseline also trains the same host static, to compare with)")
         print("seeds: " + ", ".join(f"{k} {v}" for k, v in result.seeds.items()))
         print(f"events written: {result.events}  fingerprint: {result.fingerprint}")
         print(f"run database: {result.db}")

@@ -114,9 +114,14 @@ class RollBackSeed(SeedCommand):
 
 @attrs.frozen(slots=True, kw_only=True)
 class EmbargoSeed(SeedCommand):
-    """Close a culled, cancelled or rolled-back slot for the configured number of steps."""
+    """Close a culled, cancelled or rolled-back slot for the configured number of steps.
+
+    `steps` overrides `embargo_steps` for this slot: REPLACE passes 0, since it puts a kernel
+    of another kind into the slot at once (the embargo keeps a slot from thrashing on its own).
+    """
 
     TRIGGER = "embargo"
+    steps: int | None = None
 
 
 @attrs.frozen(slots=True, kw_only=True)

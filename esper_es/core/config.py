@@ -16,9 +16,9 @@ class LifecycleConfig:
     """The seed's own training loss must have improved by more than this (relative)."""
     min_stabilization_steps: int = attrs.field(default=10, validator=[v.instance_of(int), v.ge(0)])
     """Steps a seed must spend in STABILIZATION before `evaluate`."""
-    contribution_threshold: float = attrs.field(default=0.0, validator=v.instance_of(float))
+    contribution_threshold: float = attrs.field(default=-0.002, validator=v.instance_of(float))
     """Counterfactual contribution needed for `fine_tune` and `fossilize`."""
-    max_instability: float = attrs.field(default=1.0, validator=[v.instance_of(float), v.ge(0.0)])
+    max_instability: float = attrs.field(default=3.0, validator=[v.instance_of(float), v.ge(0.0)])
     """Largest instability (e.g. relative loss spread) tolerated at `fossilize`."""
     embargo_steps: int = attrs.field(default=50, validator=[v.instance_of(int), v.ge(0)])
     """Steps a slot stays EMBARGOED before it may be released."""

@@ -119,7 +119,11 @@ def _decide_seed(s: SeedState, cmd: c.SeedCommand, ctx: Context) -> tuple[ev.Eve
         return (ev.TRIGGER_EVENTS[trigger](seed=s.seed, step=step, reason=cmd.reason),)  # type: ignore[call-arg]
     if isinstance(cmd, c.EmbargoSeed):
         return (
-            ev.SeedEmbargoed(seed=s.seed, step=step, until_step=step + ctx.config.embargo_steps),
+            ev.SeedEmbargoed(
+                seed=s.seed,
+                step=step,
+                until_step=step + (ctx.config.embargo_steps if cmd.steps is None else cmd.steps),
+            ),
         )
     if isinstance(cmd, c.AdjustBlend):
         return (ev.BlendAdjusted(seed=s.seed, step=step, alpha=float(cmd.alpha)),)

@@ -9,8 +9,10 @@ on meanwhile) is recorded by the command bus as `CommandRefused`, never forced.
 - DIVERSIFY (`add_seed`, `add_neurons`): germinate kernels of blueprint kinds not yet active
   in the layer into dormant seeds, best-ranked first (`num_seeds`, default 2).
 - REPLACE (`optimize_parameters`): remove the worst-scoring active seeds (`num_replace`,
-  default 1, or exactly `seeds`) and germinate better-ranked kinds into *other* dormant slots.
-  A removed slot cannot take the replacement itself: it must pass through embargo first.
+  default 1, or exactly `seeds`) and germinate a better-ranked kind *in each one's own slot*:
+  the removal, an embargo of 0 steps (the slot takes another kind, so it cannot thrash on
+  its own), the release and the germination, in that order at one boundary. Other seeds are
+  left untouched (SPEC §4: "in their place").
 - SPECIALIZE (`remove_seed`): keep the best-scoring active seeds (`keep`, default 1), raise
   their blend targets (`target`, default 1.0); remove the other active seeds.
 - ENSEMBLE (`modify_architecture`): germinate every dormant slot, cycling through the ranked
@@ -280,7 +282,6 @@ class _Planner:
         removed = [s for s in victims if self.remove(s, f"score {self._score(s):.4g}")]
         if not removed:
             return
-        free = self.dormant()
         kept_kinds = self.active_kinds(excluding={s.seed for s in removed})
         removed_kinds = {s.blueprint for s in removed}
         for s in removed:
@@ -293,14 +294,9 @@ class _Planner:
                 self.notes.append(f"no other blueprint fits to replace {s.seed}")
                 continue
             choice = choices[0]
-            if not free:
-                self.notes.append(
-                    f"replacement of {s.seed} ({choice}) waits: no dormant slot until "
-                    f"{s.seed} is embargoed and released"
-                )
-                continue
-            slot = free.pop(0)
-            self.germinate(slot.seed, choice)
+            self.commands.append(c.EmbargoSeed(steps=0, **self.base(s.seed)))
+            self.commands.append(c.ReleaseSeed(**self.base(s.seed)))
+            self.germinate(s.seed, choice)
             kept_kinds.add(choice)
 
     def specialize(self) -> None:

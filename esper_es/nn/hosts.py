@@ -31,7 +31,7 @@ def _seeded(seed: int | None) -> Iterator[None]:
 
 
 class DigitsCNN(nn.Module):
-    """Conv 1→width (`stem`), `layer1`, `layer2` (conv width→width), 2x2 max-pool, linear → 10."""
+    """Conv 1→width (`stem`), `layer1`, `layer2` (width→width), 2x2 `pool`, `flatten`, `head`."""
 
     def __init__(self, width: int = 4, num_classes: int = 10, seed: int | None = None) -> None:
         super().__init__()
@@ -41,12 +41,15 @@ class DigitsCNN(nn.Module):
             self.layer1 = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.ReLU())
             self.layer2 = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.ReLU())
             self.pool = nn.MaxPool2d(2)
+            # A module of its own (no parameters), so a vector seed layer can be placed on the
+            # features the head reads (`[seeds.layers] flatten = N`) without graph surgery.
+            self.flatten = nn.Flatten()
             self.head = nn.Linear(width * 16, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits for a batch of (B, 1, 8, 8) images."""
         h = self.layer2(self.layer1(self.stem(x)))
-        out: Tensor = self.head(self.pool(h).flatten(1))
+        out: Tensor = self.head(self.flatten(self.pool(h)))
         return out
 
     def example_input(self, batch: int = 2) -> Tensor:

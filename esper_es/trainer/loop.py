@@ -70,7 +70,12 @@ from esper_es.trainer.ids import RunIds
 from esper_es.trainer.interrupts import progress_bar, stop_on_sigint
 from esper_es.trainer.replay_source import Position, ReplaySource
 from esper_es.trainer.result import TrainResult, result_of
-from esper_es.trainer.telemetry import LiveProbe, controller_telemetry, seed_stats
+from esper_es.trainer.telemetry import (
+    RECENT_TRAIN_LOSSES,
+    LiveProbe,
+    controller_telemetry,
+    seed_stats,
+)
 
 Batch = Any
 LossFn = Callable[[nn.Module, Batch], Tensor]
@@ -159,7 +164,11 @@ class Trainer:
         self.outcomes = OutcomeTracker(config.controller.record_outcomes)
         self.projector.observers.append(self.outcomes.observe)
         self.seed_telemetry = SeedTelemetry(decay=config.driver.signal_decay)
-        self.recent_losses: deque[float] = deque(maxlen=config.driver.instability_window)
+        #: The last training losses: the instability reads the last `instability_window`, the
+        #: controller's within-epoch plateau rule up to 64 (`Telemetry.recent_train_losses`).
+        self.recent_losses: deque[float] = deque(
+            maxlen=max(config.driver.instability_window, RECENT_TRAIN_LOSSES)
+        )
         self.contribution_batch = self._contribution_batch()
         self.step = 0
         self.epoch = 0

@@ -14,6 +14,10 @@ if TYPE_CHECKING:
     from esper_es.trainer.loop import Trainer
 
 
+#: How many of the last training losses the controller sees (`recent_train_losses`).
+RECENT_TRAIN_LOSSES = 64
+
+
 class LiveProbe:
     """The driver's measurements on the live model (`trainer.driver.SeedProbe`)."""
 
@@ -32,7 +36,8 @@ class LiveProbe:
         return counterfactual_contribution(t.model, seed, t.contribution_batch, t.neg_loss)
 
     def instability(self, seed: str) -> float:
-        return relative_spread(self.t.recent_losses)
+        window = self.t.config.driver.instability_window
+        return relative_spread(list(self.t.recent_losses)[-window:])
 
 
 def seed_stats(trainer: Trainer) -> dict[str, SeedStats]:
@@ -87,5 +92,6 @@ def controller_telemetry(trainer: Trainer) -> Telemetry:
         val_accuracy_history=tuple(trainer.val_accuracy_history[-8:]),
         last_decision_step=trainer.last_decision_step,
         decisions_this_epoch=trainer.decisions_this_epoch,
+        recent_train_losses=tuple(trainer.recent_losses)[-RECENT_TRAIN_LOSSES:],
         layers=tuple(layers),
     )

@@ -75,24 +75,57 @@ def test_exploding_gradients_are_replaced() -> None:
     assert json.dumps(t.to_dict(), allow_nan=False)  # inf is recorded as null
 
 
-def test_diverging_contributions_specialize() -> None:
+def test_uneven_contributions_specialize() -> None:
     t = telemetry(
         seed(0, Stage.EVALUATING, blueprint="norm", alpha=1.0, contribution=0.20),
-        seed(1, Stage.STABILIZATION, blueprint="conv3x3", alpha=1.0, contribution=0.01),
+        seed(1, Stage.FINE_TUNING, blueprint="conv3x3", alpha=1.0, contribution=0.01),
     )
     (d,) = HeuristicController().decide(t)
     assert d.adaptation_type == "remove_seed" and d.parameters == {"keep": 1}
-    assert "keep layer1/0" in d.reason
+    assert "keep layer1/0" in d.reason and "layer1/1 +0.01" in d.reason
 
 
-def test_similar_contributions_with_room_ensemble() -> None:
+def test_uneven_contributions_with_none_paying_do_not_specialize() -> None:
     t = telemetry(
-        seed(0, Stage.EVALUATING, blueprint="norm", alpha=1.0, contribution=0.030),
-        seed(1, Stage.EVALUATING, blueprint="conv3x3", alpha=1.0, contribution=0.032),
+        seed(0, Stage.EVALUATING, blueprint="norm", alpha=1.0, contribution=-0.001),
+        seed(1, Stage.FINE_TUNING, blueprint="conv3x3", alpha=1.0, contribution=-0.2),
+    )
+    ctl = HeuristicController(ControllerConfig(underperform_contribution=-1.0))
+    assert ctl.decide(t) == []
+
+
+def test_a_plateau_where_every_seed_pays_ensembles_the_free_slots() -> None:
+    t = telemetry(
+        seed(0, Stage.FOSSILIZED, blueprint="norm", alpha=1.0, contribution=0.030),
+        seed(1, Stage.FINE_TUNING, blueprint="conv3x3", alpha=1.0, contribution=0.032),
         seed(2),
+        **PLATEAU,
     )
     (d,) = HeuristicController().decide(t)
-    assert d.adaptation_type == "modify_architecture"
+    assert d.adaptation_type == "modify_architecture" and d.parameters == {"target": 1.0}
+    assert "every seed holding a kernel pays" in d.reason and "plateaued" in d.reason
+    # One seed that does not pay (or is unmeasured) makes it DIVERSIFY instead.
+    unmeasured = telemetry(
+        seed(0, Stage.FOSSILIZED, blueprint="norm", alpha=1.0, contribution=0.030),
+        seed(1, Stage.TRAINING, blueprint="conv3x3"),
+        seed(2),
+        **PLATEAU,
+    )
+    (d,) = HeuristicController().decide(unmeasured)
+    assert d.adaptation_type == "add_seed"
+
+
+def test_a_training_loss_plateau_within_the_epoch_grows() -> None:
+    flat = (0.50,) * 10 + (0.495,) * 10
+    falling = (0.50,) * 10 + (0.40,) * 10
+    ctl = HeuristicController(ControllerConfig(plateau_steps=10, plateau_threshold=0.05))
+    (d,) = ctl.decide(telemetry(seed(0), seed(1), recent_train_losses=flat))
+    assert d.adaptation_type == "add_seed" and "training loss plateaued" in d.reason
+    assert "0.5 -> 0.495" in d.reason
+    assert ctl.decide(telemetry(seed(0), seed(1), recent_train_losses=falling)) == []
+    assert ctl.decide(telemetry(seed(0), seed(1), recent_train_losses=flat[:19])) == []
+    off = HeuristicController(ControllerConfig(plateau_steps=0, plateau_threshold=0.05))
+    assert off.decide(telemetry(seed(0), seed(1), recent_train_losses=flat)) == []
 
 
 def test_cooldown_cap_warmup_and_enabled_are_respected() -> None:
@@ -163,6 +196,7 @@ def random_telemetry(draw: st.DrawFn) -> Telemetry:
         last_decision_step=draw(st.one_of(st.none(), st.integers(0, step))),
         decisions_this_epoch=draw(st.integers(0, 4)),
         layers=tuple(layers),
+        recent_train_losses=tuple(draw(losses)),
     )
 
 
@@ -172,6 +206,7 @@ _configs = st.builds(
     max_adaptations_per_epoch=st.integers(0, 4),
     plateau_window=st.integers(1, 4),
     plateau_threshold=st.floats(-0.1, 0.2),
+    plateau_steps=st.integers(0, 3),
     ensemble=st.booleans(),
 )
 

@@ -230,5 +230,7 @@ def test_stats_drive_replace_through_the_boundary(make_run: MakeRun) -> None:
     ok, d = ticket.result(0)
     assert ok and [(p["type"], p["seed"]) for p in d["plan"]] == [
         ("CullSeed", "layer1/1"),
-        ("GerminateSeed", "layer1/2"),
+        ("EmbargoSeed", "layer1/1"),
+        ("ReleaseSeed", "layer1/1"),
+        ("GerminateSeed", "layer1/1"),
     ]

@@ -73,9 +73,7 @@ def test_diversify_with_no_dormant_slot_plans_nothing(make_run: MakeRun) -> None
     assert types == ["AdaptationDecided", "AdaptationPlanned"]
 
 
-def test_replace_culls_the_worst_and_germinates_a_better_kind_elsewhere(
-    make_run: MakeRun,
-) -> None:
+def test_replace_swaps_the_worst_kernels_in_their_own_slots(make_run: MakeRun) -> None:
     run = make_run({L: 4})
     run.put("layer1/0", Stage.TRAINING, "conv3x3")
     run.put("layer1/1", Stage.GRAFTING, "depthwise")
@@ -90,19 +88,27 @@ def test_replace_culls_the_worst_and_germinates_a_better_kind_elsewhere(
         None, decision("optimize_parameters", num_replace=2), stats=stats
     )
     assert ok and d["strategy"] == "replace"
-    # Worst first: 1/1 (GRAFTING: roll back), 1/2 (EVALUATING: cull); one free slot for both.
+    # Worst first: 1/1 (GRAFTING: roll back), 1/2 (EVALUATING: cull); each slot is embargoed
+    # for 0 steps, released and re-germinated with another kind; the free slot 1/3 stays free.
     assert [(p["type"], p["seed"]) for p in d["plan"]] == [
         ("RollBackSeed", "layer1/1"),
         ("CullSeed", "layer1/2"),
-        ("GerminateSeed", "layer1/3"),
+        ("EmbargoSeed", "layer1/1"),
+        ("ReleaseSeed", "layer1/1"),
+        ("GerminateSeed", "layer1/1"),
+        ("EmbargoSeed", "layer1/2"),
+        ("ReleaseSeed", "layer1/2"),
+        ("GerminateSeed", "layer1/2"),
     ]
-    assert d["plan"][2]["blueprint"] == "se_attention"  # the one kind no kept seed has
-    assert "replacement of layer1/2" in d["notes"] and "waits" in d["notes"]
+    assert d["plan"][2]["steps"] == 0
+    kinds = {p["seed"]: p["blueprint"] for p in d["plan"] if p["type"] == "GerminateSeed"}
+    assert kinds["layer1/1"] not in {"depthwise", "conv3x3"}
+    assert kinds["layer1/2"] not in {"norm", "conv3x3", kinds["layer1/1"]}
+    assert not d["refused"]
     assert stages(run) == {
         "layer1/0": Stage.TRAINING,  # untouched
-        "layer1/1": Stage.ROLLED_BACK,
-        "layer1/2": Stage.CULLED,
-        "layer1/3": Stage.GERMINATED,
+        "layer1/1": Stage.GERMINATED,
+        "layer1/2": Stage.GERMINATED,
     }
 
 

@@ -70,11 +70,32 @@ def test_train_text_summary_and_default_db_path(
     monkeypatch.chdir(tmp_path)
     code, out, _ = run_cli(capsys, "train", "--config", quick_config, "--epochs", "1")
     assert code == EXIT_OK
-    assert "accuracy: static host at start" in out and "run database: runs/" in out
+    assert "accuracy: untrained host" in out and "run database: runs/" in out
+    assert "static host" not in out  # the untrained host is no baseline
+    assert "--baseline also trains the same host static" in out
     dbs = list((tmp_path / "runs").glob("*.db"))
     assert len(dbs) == 1
     verify(dbs[0])
     assert (tmp_path / "runs" / (dbs[0].name + ".audit.jsonl")).exists()
+
+
+def test_train_baseline_trains_the_same_host_static_for_the_same_epochs(
+    capsys: pytest.CaptureFixture[str], quick_config: Path, tmp_path: Path
+) -> None:
+    db = tmp_path / "grown.db"
+    argv = ("train", "--config", quick_config, "--db", db, "--epochs", "2", "--baseline")
+    code, out, _ = run_cli(capsys, *argv, "--json")
+    assert code == EXIT_OK
+    obj = one_json(out)
+    base = obj["baseline"]
+    assert base["epochs"] == obj["epochs"] == 2
+    assert 0.0 <= base["accuracy"] <= 1.0 and base["parameters"] < obj["parameters"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".db") == ["grown.db"]
+    code, out, _ = run_cli(capsys, *argv[:4], tmp_path / "again.db", *argv[5:])
+    lift = 100 * (obj["accuracy_end"] - base["accuracy"])
+    assert code == EXIT_OK
+    assert "baseline: the same host trained static for the same 2 epochs and schedule" in out
+    assert f"grown - static {lift:+.2f} pp" in out
 
 
 @pytest.mark.parametrize(
