@@ -338,7 +338,13 @@ def config_from_dict(data: Mapping[str, Any]) -> RunConfig:
 #: Keys added to the config after runs were recorded without them, with the value that
 #: reproduces what those runs did (a new default may differ: `metrics_every_steps` is on for
 #: new runs, but a run recorded before it wrote no `StepMetricsRecorded`).
-BEFORE_THE_KEY_EXISTED: Mapping[tuple[str, str], Any] = {("train", "metrics_every_steps"): 0}
+BEFORE_THE_KEY_EXISTED: Mapping[tuple[str, str], Any] = {
+    ("train", "metrics_every_steps"): 0,
+    # Issue 11: the schedule, the within-epoch plateau rule and outcome recording.
+    ("train", "lr_schedule"): "constant",
+    ("controller", "plateau_steps"): 0,
+    ("controller", "record_outcomes"): False,
+}
 
 
 def config_from_record(data: Mapping[str, Any]) -> RunConfig:

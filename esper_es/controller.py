@@ -399,7 +399,7 @@ class HeuristicController:
                     (
                         s
                         for s in measured
-                        if float(s.contribution or 0.0) > hi - cfg.specialize_spread
+                        if float(s.contribution or 0.0) >= hi - cfg.specialize_spread
                     ),
                     key=lambda s: s.seed,
                 )

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from esper_es.config import config_from_dict
+from esper_es.config import config_from_record
 from esper_es.core import events as ev
 from esper_es.core.envelope import RecordedEvent
 from esper_es.errors import StorageError
@@ -105,7 +105,7 @@ def load_model(path: str | os.PathLike[str], host: nn.Module | None = None) -> n
     if host is None:
         from esper_es.trainer.tasks import build_task
 
-        host = build_task(config_from_dict(data["config"]), int(data["master_seed"])).host
+        host = build_task(config_from_record(data["config"]), int(data["master_seed"])).host
     projector = Projector(host)
     for i, (type_name, payload) in enumerate(data["events"], start=1):
         projector.apply(i, ev.from_payload(type_name, payload))

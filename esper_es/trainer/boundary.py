@@ -197,15 +197,16 @@ def boundary(
 ) -> None:
     """Facts, then the driver's and the orchestrator's commands: one commit, then projection."""
     assert t.bus is not None and t.orchestrator is not None
+    # Outcomes resolved by earlier boundaries' events go first: facts derived from the log
+    # alone, recorded before this boundary's checkpoint (a resume from it has seen them) and
+    # before a run's closing `TrainingStopped`, which must stay the last event of its log.
+    facts = [fact(t, e) for e in t.outcomes.drain(t.step)] + list(facts)
     commands = list(facts)
     if t.replay_source is not None and facts:
         # Re-executing: facts and lifecycle are matched against the log separately, so a
         # boundary recorded with facts only (a run's last) can go on live after them.
         count_decisions(t, commit(t, facts))
         commands = []
-    # Outcomes resolved by earlier boundaries' events: facts, but derived from the log
-    # alone, so a resume at this boundary's lifecycle part derives them again.
-    commands += [fact(t, e) for e in t.outcomes.drain(t.step)]
     if lifecycle:
         commands += t.compilation.facts()
         commands += t.driver.commands(t.step, t._touched_seed_states(), probe)

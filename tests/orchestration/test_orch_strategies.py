@@ -109,6 +109,7 @@ def test_replace_swaps_the_worst_kernels_in_their_own_slots(make_run: MakeRun) -
         "layer1/0": Stage.TRAINING,  # untouched
         "layer1/1": Stage.GERMINATED,
         "layer1/2": Stage.GERMINATED,
+        "layer1/3": Stage.DORMANT,  # the free slot is not used: replacements stay in place
     }
 
 
@@ -131,8 +132,14 @@ def test_replace_of_named_seeds_records_a_lifecycle_refusal(make_run: MakeRun) -
     ok, d = run.orchestrator().apply_architecture_modification_sync(
         None, decision("optimize_parameters", seeds=["layer1/0", "layer1/1"])
     )
-    # FOSSILIZED has no way out, so nothing is planned for it; the TRAINING seed is culled.
-    assert [(p["type"], p["seed"]) for p in d["plan"]] == [("CullSeed", "layer1/1")]
+    # FOSSILIZED has no way out, so nothing is planned for it; the TRAINING seed is culled
+    # and its slot takes another kind at once.
+    assert [(p["type"], p["seed"]) for p in d["plan"]] == [
+        ("CullSeed", "layer1/1"),
+        ("EmbargoSeed", "layer1/1"),
+        ("ReleaseSeed", "layer1/1"),
+        ("GerminateSeed", "layer1/1"),
+    ]
     assert "layer1/0 cannot be removed from FOSSILIZED" in d["notes"]
     assert ok
 
@@ -152,7 +159,11 @@ def test_a_command_the_lifecycle_refuses_at_execution_is_recorded_not_forced(
     orch.settle(outcomes)
     ok, d = ticket.result(0)
     assert not ok
-    assert d["refused"] == [
+    # The cull is refused, and so is the rest of the swap in that slot.
+    assert [r["command"] for r in d["refused"]] == [
+        "CullSeed", "EmbargoSeed", "ReleaseSeed", "GerminateSeed",
+    ]  # fmt: skip
+    assert d["refused"][:1] == [
         {
             "command": "CullSeed",
             "command_id": d["plan"][0]["command_id"],
@@ -163,7 +174,7 @@ def test_a_command_the_lifecycle_refuses_at_execution_is_recorded_not_forced(
     ]
     assert "no transition 'cull' from GRAFTING" in d["refused"][0]["reason"]
     refusals = [r for r in run.db.read(stream="controller") if r.type == "CommandRefused"]
-    assert len(refusals) == 1 and refusals[0].correlation_id == d["decision_id"]
+    assert len(refusals) == 4 and {r.correlation_id for r in refusals} == {d["decision_id"]}
     assert run.bus.seed("layer1/0").stage is Stage.GRAFTING
 
 

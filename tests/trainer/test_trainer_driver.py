@@ -18,7 +18,11 @@ from esper_es.store.database import RunDatabase
 from esper_es.trainer.driver import DriverSettings, LifecycleDriver, relative_spread
 
 LIFE = LifecycleConfig(
-    min_training_steps=5, min_stabilization_steps=3, embargo_steps=4, contribution_threshold=0.01
+    min_training_steps=5,
+    min_stabilization_steps=3,
+    embargo_steps=4,
+    contribution_threshold=0.01,
+    max_instability=1.0,
 )
 SETTINGS = DriverSettings(
     lifecycle=LIFE,
