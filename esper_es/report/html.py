@@ -84,7 +84,7 @@ def render(report: RunReport, images: Mapping[str, bytes]) -> str:
         ),
         (
             "validation accuracy",
-            f"{_pct(main.accuracy_start)} at the start (static host) → "
+            f"{_pct(main.accuracy_start)} at the start (untrained host) → "
             f"{_pct(main.accuracy_end)} at the end of main"
             + "".join(
                 f"; {_pct(b.accuracy_end)} at the end of {e(b.name)}"

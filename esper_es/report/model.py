@@ -149,7 +149,7 @@ class BranchView:
 
     @property
     def accuracy_start(self) -> float | None:
-        """Validation accuracy at the first epoch point (before training: the static host)."""
+        """Validation accuracy at the first epoch point (before training: the untrained host)."""
         return self.epochs[0].val_accuracy if self.epochs else None
 
     @property
