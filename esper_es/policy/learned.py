@@ -37,7 +37,9 @@ from esper_es.core.ids import derive_seed
 from esper_es.policy.features import action_features, context_of, feature_names
 from esper_es.policy.fitting import posterior_digest
 
-_GROWTH = frozenset({"add_seed", "add_neurons"})
+# The heuristic grows on a plateau by DIVERSIFY, or by ENSEMBLE when every seed there pays:
+# either is a trigger whose "what" the policy chooses.
+_GROWTH = frozenset({"add_seed", "add_neurons", "modify_architecture"})
 
 
 @attrs.frozen
