@@ -70,6 +70,7 @@ class SeedLayer(nn.Module):
         self._alpha: list[float] = [0.0] * num_seeds
         self._target: list[float] = [0.0] * num_seeds
         self._override: dict[int, float] = {}
+        self._isolated_training = True
         self._plan: tuple[PlanEntry, ...] = ()
         self._seed_ids = tuple(f"{name}/{i}" for i in range(self.num_seeds))
         self.register_load_state_dict_post_hook(_after_load)  # type: ignore[no-untyped-call]
@@ -160,6 +161,21 @@ class SeedLayer(nn.Module):
 
     # --- forward --------------------------------------------------------------------------
 
+    @property
+    def isolated_training(self) -> bool:
+        """Whether TRAINING kernels run in the forward pass, isolated (L8), to get a gradient.
+
+        A trainer that gives them the gradient of their own loss instead (`seed_training =
+        "own_loss"`) turns this off: their isolated forward and backward would be thrown away.
+        Either way they add nothing to the output, and the host's gradients are the same bits.
+        """
+        return self._isolated_training
+
+    @isolated_training.setter
+    def isolated_training(self, on: bool) -> None:
+        self._isolated_training = bool(on)
+        self._replan()
+
     def _replan(self) -> None:
         plan: list[PlanEntry] = []
         for i in range(self.num_seeds):
@@ -170,6 +186,8 @@ class SeedLayer(nn.Module):
             if i in self._override:
                 alpha: float | None = self._override[i]
             elif stage is Stage.TRAINING:
+                if not self._isolated_training:
+                    continue
                 alpha = None
             elif stage in BLENDING_STAGES:
                 alpha = self._alpha[i]

@@ -197,6 +197,7 @@ def built_in_trainer(
         val_data=(task.x_val, task.y_val),
         loss_fn=task.loss_fn,
         metric_fn=task.metric_fn,
+        loss_and_metric=task.loss_and_metric,
         example_input=task.example_input,
         controller=controller,
         dataset_fingerprint=task.fingerprint,

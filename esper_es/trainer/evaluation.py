@@ -11,6 +11,8 @@ from esper_es.nn.telemetry import quiet_eval
 from esper_es.trainer.batches import batch_len
 
 Batch = Any
+#: (loss, metric) of one batch from a single forward pass.
+LossAndMetric = Callable[[nn.Module, Batch], tuple[Tensor, float]]
 
 
 def evaluate(
@@ -18,15 +20,25 @@ def evaluate(
     batches: Iterator[Batch],
     loss_fn: Callable[[nn.Module, Batch], Tensor],
     metric_fn: Callable[[nn.Module, Batch], float] | None,
+    loss_and_metric: LossAndMetric | None = None,
 ) -> tuple[float, float | None]:
-    """(mean loss, mean metric) of `model` over `batches`, without side effects."""
+    """(mean loss, mean metric) of `model` over `batches`, without side effects.
+
+    `loss_and_metric`, when given, computes both from one forward pass (the built-in tasks):
+    validation otherwise runs the model twice per batch.
+    """
     total, loss_sum, metric_sum = 0, 0.0, 0.0
     with quiet_eval(model):
         for batch in batches:
             n = batch_len(batch)
-            loss_sum += float(loss_fn(model, batch)) * n
-            if metric_fn is not None:
-                metric_sum += float(metric_fn(model, batch)) * n
+            if loss_and_metric is not None and metric_fn is not None:
+                loss, metric = loss_and_metric(model, batch)
+                loss_sum += float(loss) * n
+                metric_sum += float(metric) * n
+            else:
+                loss_sum += float(loss_fn(model, batch)) * n
+                if metric_fn is not None:
+                    metric_sum += float(metric_fn(model, batch)) * n
             total += n
     if total == 0:
         raise ValueError("the validation data is empty")

@@ -66,6 +66,7 @@ from esper_es.trainer.compilation import KernelCompilation
 from esper_es.trainer.distributed import RankHooks
 from esper_es.trainer.distributed import attach as attach_ranks
 from esper_es.trainer.driver import DriverSettings, LifecycleDriver
+from esper_es.trainer.evaluation import LossAndMetric
 from esper_es.trainer.ids import RunIds
 from esper_es.trainer.interrupts import progress_bar, stop_on_sigint
 from esper_es.trainer.replay_source import Position, ReplaySource
@@ -125,6 +126,7 @@ class Trainer:
         on_step: StepHook | None = None,
         run_id: str | None = None,
         host_source: Mapping[str, Any] | None = None,
+        loss_and_metric: LossAndMetric | None = None,
     ) -> None:
         self.config = config
         #: `RunStarted.host`: how to rebuild the host (a custom host with no factory if None).
@@ -138,6 +140,8 @@ class Trainer:
         self.db_path: str | Path = db_path if is_postgres(db_path) else Path(db_path)
         self.loss_fn = loss_fn
         self.metric_fn = metric_fn
+        #: Validation's loss and metric from one forward pass (`evaluation.evaluate`), if known.
+        self.loss_and_metric = loss_and_metric
         self.train_data = train_data
         self.val_data = val_data
         self.example_input = example_input
@@ -172,6 +176,8 @@ class Trainer:
         self.contribution_batch = self._contribution_batch()
         self.step = 0
         self.epoch = 0
+        #: The projector position at which the model was last put in training mode (`step`).
+        self.train_mode_at: int | None = None
         self.train_loss_history: list[float] = []
         self.val_loss_history: list[float] = []
         self.val_accuracy_history: list[float] = []
@@ -224,7 +230,11 @@ class Trainer:
             path: SeedLayerSpec(num_seeds=n, blueprints=allowed)
             for path, n in self.config.seeds.layers.items()
         }
-        return place_seed_layers(host, specs, self.example_input)
+        layers = place_seed_layers(host, specs, self.example_input)
+        for layer in layers.values():
+            # Own-loss training replaces whatever the isolated pass would give (`step`).
+            layer.isolated_training = self.config.train.seed_training != "own_loss"
+        return layers
 
     def _contribution_batch(self) -> Batch:
         n = self.config.driver.contribution_examples
@@ -274,7 +284,9 @@ class Trainer:
     def evaluate(self) -> tuple[float, float | None]:
         """(mean validation loss, mean validation metric), without side effects."""
         val = batching.val_batches(self.val_data, self.config.train.val_batch_size)
-        return evaluation.evaluate(self.model, val, self.loss_fn, self.metric_fn)
+        return evaluation.evaluate(
+            self.model, val, self.loss_fn, self.metric_fn, self.loss_and_metric
+        )
 
     # --- the run --------------------------------------------------------------------------
 

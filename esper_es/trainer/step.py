@@ -18,7 +18,7 @@ Batch = Any
 
 def train_step(t: Trainer, batch: Batch) -> float:
     """One optimizer step on `batch`; returns its loss (a non-finite one marks divergence)."""
-    t.model.train()
+    _train_mode(t)
     t.optimizer.zero_grad(set_to_none=True)
     loss = t.loss_fn(t.model, batch)
     loss.backward()  # type: ignore[no-untyped-call]
@@ -48,6 +48,20 @@ def train_step(t: Trainer, batch: Batch) -> float:
                 seed = f"{layer.name}/{i}"
                 t.seed_telemetry.observe(t.model, seed, batch, t.loss_fn)
     return value
+
+
+def _train_mode(t: Trainer) -> None:
+    """Put the model in training mode, unless it is known to be in it already.
+
+    `Module.train()` walks every module through `__setattr__` (~21 000 calls in a default
+    run): it runs when the architecture changed (only projecting events changes it, which
+    moves `projector.last_seq`) or the model was put in eval mode. Every pass that switches
+    modes inside a step or a boundary (validation, probes, the seeds' own pass) restores them.
+    """
+    seq = t.projector.last_seq
+    if t.train_mode_at != seq or not t.model.training:
+        t.model.train()
+        t.train_mode_at = seq
 
 
 def train_seeds_on_own_loss(t: Trainer, batch: Batch) -> None:

@@ -103,11 +103,14 @@ def test_l7_germinating_leaves_outputs_bit_identical(data: st.DataObject, stage:
 
 
 @settings(max_examples=30, deadline=None)
-@given(data=st.data())
+@given(data=st.data(), isolated=st.booleans())
 def test_l8_training_seeds_leave_host_outputs_and_gradients_bit_identical(
-    data: st.DataObject,
+    data: st.DataObject, isolated: bool
 ) -> None:
+    """Whether training kernels run isolated in the pass or are left out of it (own-loss)."""
     model, plain, x, proj = seeded_case(data, "TRAINING")
+    for layer in proj.layers.values():
+        layer.isolated_training = isolated
     target_g = torch.Generator().manual_seed(5)
     outs = []
     for m in (model, plain):
@@ -118,12 +121,13 @@ def test_l8_training_seeds_leave_host_outputs_and_gradients_bit_identical(
         (out * weights).sum().backward()
     assert bits(outs[0]) == bits(outs[1])
     assert host_grads(model) == host_grads(plain)
-    # ... while every training kernel did receive a gradient from the task.
+    # ... while every training kernel did receive a gradient from the task, when isolated;
+    # left out (its own loss trains it), it did no work in the pass.
     for layer in proj.layers.values():
         for i in range(layer.num_seeds):
             k = layer.kernel(i)
             if k is not None:
-                assert all(p.grad is not None for p in k.parameters())
+                assert all((p.grad is not None) == isolated for p in k.parameters())
 
 
 signed_floats = st.floats(width=32, allow_nan=True, allow_infinity=True)
