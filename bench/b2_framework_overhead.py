@@ -107,7 +107,7 @@ def main() -> int:
     print("## B2: framework overhead with nothing growing\n")
     print_machine()
     print(f"\n{args.reps} interleaved repetitions per host after a warm-up; ratio = median of "
-          "(variant ÷ plain loop) per repetition; in brackets the spread (min–max) of those "
+          "(variant ÷ plain loop) per repetition; in brackets the spread (min-max) of those "
           f"ratios. Load average at the end: {load_average()}.\n")  # fmt: skip
     header = ["variant"] + [f"width {w}: s (median)" for w in widths]
     header += [f"width {w}: ÷ plain" for w in widths]
@@ -116,8 +116,9 @@ def main() -> int:
         row = [name]
         row += [f"{statistics.median(results[w][name]):.3f}" for w in widths]
         for w in widths:
-            ratios = [a / b for a, b in zip(results[w][name], results[w]["plain loop"], strict=True)]
-            row.append(f"{statistics.median(ratios):.3f} ({min(ratios):.2f}–{max(ratios):.2f})")
+            base = results[w]["plain loop"]
+            ratios = [a / b for a, b in zip(results[w][name], base, strict=True)]
+            row.append(f"{statistics.median(ratios):.3f} ({min(ratios):.2f}-{max(ratios):.2f})")
         rows.append(row)
     table(header, rows)
     return 0

@@ -34,12 +34,14 @@ CHECKS = 3
 def _set_up(threads: int) -> None:
     import torch
 
-    from esper_es.runtime.environment import configure_determinism
+    from esper_es.runtime.environment import configure_determinism, sync_compiler_determinism
 
     torch.set_num_threads(threads)
     configure_determinism()
     # Imported before answering "ready", so that the first request pays only its compile.
     import torch._inductor.standalone_compile
+
+    sync_compiler_determinism()
 
 
 def compile_variant(request: dict[str, Any]) -> dict[str, Any]:

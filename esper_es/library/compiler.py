@@ -381,6 +381,10 @@ def prepare_loading() -> None:
     import torch._inductor.standalone_compile
     import torch.utils.cpp_extension  # noqa: F401
 
+    from esper_es.runtime.environment import sync_compiler_determinism
+
+    sync_compiler_determinism()
+
 
 def install(kernel: Kernel, done: Compiled) -> None:
     """Switch `kernel`'s calls of `done.variant` to the compiled artifact."""

@@ -256,9 +256,30 @@ def pin_threads(intra: int, inter: int | None = None) -> dict[str, int]:
     }
 
 
+def set_deterministic_algorithms(mode: bool, *, warn_only: bool = False) -> None:
+    """`torch.use_deterministic_algorithms`, without importing the compiler stack.
+
+    torch's function also sets `torch._inductor.config.deterministic`, and importing that
+    module imports `torch._inductor` and `torch._dynamo` (about as long as `import torch`)
+    for a flag only compiled code reads. The flag is set here when the compiler is already
+    imported, and by `sync_compiler_determinism` by code that imports it.
+    """
+    torch._C._set_deterministic_algorithms(mode, warn_only=warn_only)
+    inductor = sys.modules.get("torch._inductor.config")
+    if inductor is not None:
+        setattr(inductor, "deterministic", mode)  # noqa: B010 (a module read off sys.modules)
+
+
+def sync_compiler_determinism() -> None:
+    """Give the inductor compiler this process's deterministic-algorithms setting."""
+    import torch._inductor.config as inductor
+
+    inductor.deterministic = torch.are_deterministic_algorithms_enabled()
+
+
 def configure_determinism(*, warn_only: bool = False, matmul_precision: str = "highest") -> None:
     """Turn on deterministic algorithms, full-precision float32 matmuls and deterministic cuDNN."""
-    torch.use_deterministic_algorithms(True, warn_only=warn_only)
+    set_deterministic_algorithms(True, warn_only=warn_only)
     torch.set_float32_matmul_precision(matmul_precision)
     # Harmless on CPU builds; makes a CUDA run's convolutions reproducible.
     torch.backends.cudnn.deterministic = True
@@ -276,7 +297,7 @@ def apply_settings(recorded: Mapping[str, Any]) -> None:
     if "torch_num_threads" in recorded:
         pin_threads(int(recorded["torch_num_threads"]), recorded.get("torch_num_interop_threads"))
     if "deterministic_algorithms" in recorded:
-        torch.use_deterministic_algorithms(
+        set_deterministic_algorithms(
             bool(recorded["deterministic_algorithms"]),
             warn_only=bool(recorded.get("deterministic_warn_only", False)),
         )
