@@ -101,6 +101,8 @@ class RunDatabase(BranchIndex):
         self._lock_fd = lock_fd
         self._audit = audit
         self._mutex = threading.RLock()
+        #: Blobs written with the next transaction (`stage_blobs`), by key.
+        self._staged: dict[str, bytes] = {}
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         self.meta: dict[str, str] = meta
         self.run_id: str = meta["run_id"]
@@ -185,6 +187,10 @@ class RunDatabase(BranchIndex):
             if self._conn is None:
                 return
             if not self.readonly:
+                if self._staged:
+                    with _transaction(self._conn):
+                        self._write_staged()
+                    self._staged.clear()
                 with contextlib.suppress(sqlite3.Error):
                     self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._conn.close()
@@ -319,6 +325,8 @@ class RunDatabase(BranchIndex):
             )
             if rows:
                 conn.executemany(INSERT_EVENTS, rows)
+            self._write_staged()
+        self._staged.clear()
         for stream, version in new_versions.items():
             self._versions[(branch, stream)] = version
         if self._audit is not None and rows:
@@ -391,6 +399,8 @@ class RunDatabase(BranchIndex):
                 "INSERT OR IGNORE INTO blobs (key, size, data) VALUES (?,?,?)",
                 (key, len(data), data),
             )
+            self._write_staged()
+        self._staged.clear()
         return key
 
     def put_blobs(self, blobs: Sequence[bytes]) -> list[str]:
@@ -402,14 +412,45 @@ class RunDatabase(BranchIndex):
                 self._conn.executemany(
                     "INSERT OR IGNORE INTO blobs (key, size, data) VALUES (?,?,?)", rows
                 )
+                self._write_staged()
+            self._staged.clear()
         return [r[0] for r in rows]
 
+    def stage_blobs(self, blobs: Sequence[bytes]) -> list[str]:
+        """Store blobs with the next append (or blob write, or `close`); returns their keys.
+
+        For a snapshot and the `Checkpointed` that names it: one transaction, one fsync, where
+        two were (B2). Until then this connection reads them (`has_blob`, `get_blob`); other
+        readers see them with the events that name them, never before; a crash before that
+        write loses them with whatever would have named them.
+        """
+        self._require_writer()
+        keys = []
+        with self._mutex:
+            for b in blobs:
+                key = hashlib.sha256(b).hexdigest()
+                self._staged[key] = bytes(b)
+                keys.append(key)
+        return keys
+
+    def _write_staged(self) -> None:
+        if self._staged:
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO blobs (key, size, data) VALUES (?,?,?)",
+                [(k, len(b), b) for k, b in self._staged.items()],
+            )
+
     def has_blob(self, key: str) -> bool:
-        """Whether a blob with this key is stored."""
+        """Whether a blob with this key is stored (or staged on this connection)."""
+        if key in self._staged:
+            return True
         return self._conn.execute("SELECT 1 FROM blobs WHERE key=?", (key,)).fetchone() is not None
 
     def get_blob(self, key: str) -> bytes:
         """The blob stored under `key`, checked against its hash."""
+        staged = self._staged.get(key)
+        if staged is not None:
+            return staged
         row = self._conn.execute("SELECT data FROM blobs WHERE key=?", (key,)).fetchone()
         if row is None:
             raise KeyError(f"no blob {key}")

@@ -63,7 +63,8 @@ class _Writer:
 
     def flush(self) -> None:
         if self.db is not None:
-            self.db.put_blobs(list(self.pending.values()))
+            # Written with the commit that names them (`RunDatabase.stage_blobs`).
+            self.db.stage_blobs(list(self.pending.values()))
         self.pending.clear()
 
     def tensor(self, t: Tensor) -> dict[str, Any]:

@@ -100,6 +100,26 @@ def test_put_blobs_stores_a_batch_once_each(db: RunDatabase) -> None:
     assert db.put_blobs([]) == []
 
 
+def test_staged_blobs_are_written_with_the_next_append(db: RunDatabase, db_path: Path) -> None:
+    """A snapshot's blobs and the event naming it share one transaction (one fsync)."""
+    key = db.stage_blobs([b"snapshot"])[0]
+    assert key == hashlib.sha256(b"snapshot").hexdigest()
+    assert db.has_blob(key) and db.get_blob(key) == b"snapshot"  # this writer reads it
+    with RunDatabase.open(db_path, readonly=True) as ro:
+        assert not ro.has_blob(key)  # nobody else does, before the event that names it
+    db.append("run", 0, [NewEvent(ev.RunStarted(run_id="r", master_seed=1, config={}), "e1")])
+    with RunDatabase.open(db_path, readonly=True) as ro:
+        assert ro.get_blob(key) == b"snapshot"
+
+
+def test_staged_blobs_are_written_on_close(db_path: Path) -> None:
+    with RunDatabase.create(db_path, "r") as db:
+        key = db.stage_blobs([b"last"])[0]
+    with RunDatabase.open(db_path, readonly=True) as ro:
+        assert ro.get_blob(key) == b"last"
+    assert verify(db_path).blobs == 1
+
+
 def test_missing_blob_is_a_key_error(db: RunDatabase) -> None:
     assert not db.has_blob("0" * 64)
     with pytest.raises(KeyError):
