@@ -10,6 +10,7 @@ from __future__ import annotations
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -19,6 +20,16 @@ from torch import Tensor, nn
 from esper_es.config import RunConfig
 from esper_es.runtime.data import load_digits_split
 
+#: What a variant's `prepare` returns: the timed part, run once.
+Go = Callable[[], None]
+
+
+def clocked(go: Go) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of `go()`."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    go()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
 
 def digits(seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The built-in task's train and validation split (`esper_es.runtime.data`)."""
@@ -26,34 +37,36 @@ def digits(seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return s.x_train, s.y_train, s.x_val, s.y_val
 
 
-def plain_loop(model: nn.Module, data: tuple[Tensor, ...], config: RunConfig, seed: int) -> float:
-    """Seconds of a plain loop: shuffle, step, and one validation pass per epoch."""
+def plain_loop(model: nn.Module, data: tuple[Tensor, ...], config: RunConfig, seed: int) -> Go:
+    """A plain loop, ready to run: shuffle, step, and one validation pass per epoch."""
     x, y, xv, yv = data
     t = config.train
     opt = torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     g = torch.Generator().manual_seed(seed)
     n = len(x)
-    started = time.perf_counter()
-    for _ in range(t.epochs):
-        model.train()
-        order = torch.randperm(n, generator=g)
-        losses = []
-        for i in range(0, n, t.batch_size):
-            idx = order[i : i + t.batch_size]
-            opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            loss.backward()  # type: ignore[no-untyped-call]
-            opt.step()
-            losses.append(loss.item())
-        model.eval()
-        with torch.no_grad():
-            val_loss, correct = 0.0, 0
-            for i in range(0, len(xv), t.val_batch_size):
-                logits = model(xv[i : i + t.val_batch_size])
-                yb = yv[i : i + t.val_batch_size]
-                val_loss += float(F.cross_entropy(logits, yb, reduction="sum"))
-                correct += int((logits.argmax(-1) == yb).sum())
-    return time.perf_counter() - started
+
+    def go() -> None:
+        for _ in range(t.epochs):
+            model.train()
+            order = torch.randperm(n, generator=g)
+            losses = []
+            for i in range(0, n, t.batch_size):
+                idx = order[i : i + t.batch_size]
+                opt.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(model(x[idx]), y[idx])
+                loss.backward()  # type: ignore[no-untyped-call]
+                opt.step()
+                losses.append(loss.item())
+            model.eval()
+            with torch.no_grad():
+                val_loss, correct = 0.0, 0
+                for i in range(0, len(xv), t.val_batch_size):
+                    logits = model(xv[i : i + t.val_batch_size])
+                    yb = yv[i : i + t.val_batch_size]
+                    val_loss += float(F.cross_entropy(logits, yb, reduction="sum"))
+                    correct += int((logits.argmax(-1) == yb).sum())
+
+    return go
 
 
 class _Module:
@@ -84,10 +97,8 @@ class _Module:
         return Wrapped()
 
 
-def lightning_fit(
-    model: nn.Module, data: tuple[Tensor, ...], config: RunConfig, seed: int
-) -> float:
-    """Seconds of Lightning's `fit` with a checkpoint after every epoch and no logger."""
+def lightning_fit(model: nn.Module, data: tuple[Tensor, ...], config: RunConfig, seed: int) -> Go:
+    """Lightning's `fit`, ready to run, with a checkpoint after every epoch and no logger."""
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ModelCheckpoint
     from torch.utils.data import DataLoader, TensorDataset
@@ -101,20 +112,22 @@ def lightning_fit(
         generator=torch.Generator().manual_seed(seed),
     )
     val = DataLoader(TensorDataset(xv, yv), batch_size=t.val_batch_size)
-    with tempfile.TemporaryDirectory() as d, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer = pl.Trainer(
-            max_epochs=t.epochs,
-            accelerator="cpu",
-            devices=1,
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            callbacks=[ModelCheckpoint(dirpath=d, save_top_k=-1, every_n_epochs=1)],
-            default_root_dir=d,
-        )
-        module = _Module.make(model, config)
-        started = time.perf_counter()
-        trainer.fit(module, train, val)
-        return time.perf_counter() - started
+    module = _Module.make(model, config)
+
+    def go() -> None:
+        with tempfile.TemporaryDirectory() as d, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer = pl.Trainer(
+                max_epochs=t.epochs,
+                accelerator="cpu",
+                devices=1,
+                logger=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                num_sanity_val_steps=0,
+                callbacks=[ModelCheckpoint(dirpath=d, save_top_k=-1, every_n_epochs=1)],
+                default_root_dir=d,
+            )
+            trainer.fit(module, train, val)
+
+    return go

@@ -32,7 +32,7 @@ import attrs
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import load_average, print_machine, table
-from bench._loops import digits, lightning_fit, plain_loop
+from bench._loops import Go, clocked, digits, lightning_fit, plain_loop
 from esper_es.config import RunConfig
 from esper_es.nn.hosts import DigitsCNN
 from esper_es.runtime.environment import configure_determinism, pin_threads
@@ -49,17 +49,20 @@ def no_seeds(width: int) -> RunConfig:
     )
 
 
-def esper_run(config: RunConfig, directory: str, controller: bool = False) -> float:
-    """Seconds of `Trainer.run` (the controller off unless asked)."""
-    kw = {} if controller else {"controller": None}
+def esper_run(config: RunConfig, directory: str) -> Go:
+    """`Trainer.run` of `config`'s built-in task, ready to run (no controller)."""
     trainer = built_in_trainer(
-        config, seed=0, db_path=Path(tempfile.mkdtemp(dir=directory)) / "r.db", **kw
+        config, seed=0, db_path=Path(tempfile.mkdtemp(dir=directory)) / "r.db", controller=None
     )
-    return trainer.run().seconds
+
+    def go() -> None:
+        trainer.run()
+
+    return go
 
 
-def variants(width: int, directory: str) -> dict[str, Callable[[], float]]:
-    """The timed variants for a host of `width`."""
+def variants(width: int, directory: str) -> dict[str, Callable[[], Go]]:
+    """Each variant's `prepare` for a host of `width` (builds its model, optimizer, data)."""
     config = no_seeds(width)
     data = digits(0)
 
@@ -75,17 +78,17 @@ def variants(width: int, directory: str) -> dict[str, Callable[[], float]]:
     }
 
 
-def measure(width: int, reps: int, directory: str) -> dict[str, list[float]]:
-    """Seconds per variant and repetition, interleaved (a warm-up round first)."""
+def measure(width: int, reps: int, directory: str) -> dict[str, list[tuple[float, float]]]:
+    """(wall, CPU) seconds per variant and repetition, interleaved (a warm-up round first)."""
     runs = variants(width, directory)
-    for fn in runs.values():
-        fn()
-    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    for prepare in runs.values():
+        clocked(prepare())
+    seconds: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
     names = list(runs)
     for rep in range(reps):
         k = rep % len(names)
         for name in names[k:] + names[:k]:
-            seconds[name].append(runs[name]())
+            seconds[name].append(clocked(runs[name]()))
     return seconds
 
 
@@ -106,19 +109,25 @@ def main() -> int:
             results[w] = measure(w, args.reps, d)
     print("## B2: framework overhead with nothing growing\n")
     print_machine()
-    print(f"\n{args.reps} interleaved repetitions per host after a warm-up; ratio = median of "
-          "(variant ÷ plain loop) per repetition; in brackets the spread (min-max) of those "
-          f"ratios. Load average at the end: {load_average()}.\n")  # fmt: skip
-    header = ["variant"] + [f"width {w}: s (median)" for w in widths]
-    header += [f"width {w}: ÷ plain" for w in widths]
+    print(f"\n{args.reps} interleaved repetitions per host after a warm-up. Ratio = median over "
+          "repetitions of (variant ÷ plain loop of the same repetition), by wall time and by "
+          "the process's CPU time; in brackets the spread (min-max) of the per-repetition "
+          f"wall ratios. Load average at the end: {load_average()}.\n")  # fmt: skip
+    header = ["variant"]
+    for w in widths:
+        header += [f"width {w}: wall s", f"width {w}: ÷ plain (wall)", f"width {w}: ÷ plain (CPU)"]
     rows = []
     for name in results[widths[0]]:
         row = [name]
-        row += [f"{statistics.median(results[w][name]):.3f}" for w in widths]
         for w in widths:
-            base = results[w]["plain loop"]
-            ratios = [a / b for a, b in zip(results[w][name], base, strict=True)]
-            row.append(f"{statistics.median(ratios):.3f} ({min(ratios):.2f}-{max(ratios):.2f})")
+            runs, base = results[w][name], results[w]["plain loop"]
+            walls = [a[0] / b[0] for a, b in zip(runs, base, strict=True)]
+            cpus = [a[1] / b[1] for a, b in zip(runs, base, strict=True)]
+            row += [
+                f"{statistics.median(r[0] for r in runs):.3f}",
+                f"{statistics.median(walls):.3f} ({min(walls):.2f}-{max(walls):.2f})",
+                f"{statistics.median(cpus):.3f}",
+            ]
         rows.append(row)
     table(header, rows)
     return 0

@@ -28,7 +28,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import load_average, print_machine, table
-from bench._loops import digits, plain_loop
+from bench._loops import clocked, digits, plain_loop
 from esper_es.config import RunConfig
 from esper_es.nn.placement import find_seed_layers
 from esper_es.runtime.environment import configure_determinism, pin_threads
@@ -70,7 +70,7 @@ def measure(width: int, reps: int, directory: str) -> tuple[list[float], list[fl
             if which == "grow":
                 grew.append(grow(config, directory)[0])
             else:
-                plain.append(plain_loop(copy.deepcopy(final), data, config, 0))
+                plain.append(clocked(plain_loop(copy.deepcopy(final), data, config, 0))[0])
     return grew, plain, grown(final)
 
 
