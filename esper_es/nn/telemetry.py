@@ -17,7 +17,7 @@ restores the modules' train/eval flags: it changes no parameter, buffer, gradien
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -158,6 +158,25 @@ class SeedTelemetry:
             measured = self.reduce(measured)
         signal.update(*measured)
         return signal
+
+    def observe_all(self, model: nn.Module, seeds: Sequence[str], batch: Any, loss: LossFn) -> None:
+        """`observe` each of `seeds` on `batch`, measuring the loss without them once.
+
+        The model as it stands is the same for every seed, so its loss is too: one forward
+        pass instead of one per seed. Each seed's own pass starts from the RNG state its
+        `observe` would have seen, so the results are the same bits.
+        """
+        if not seeds:
+            return
+        with quiet_eval(model):
+            without = float(loss(model, batch))
+            for seed in seeds:
+                layer, index = _locate(model, seed)
+                if layer.kernel(index) is None:
+                    raise ValueError(f"seed {seed} holds no kernel")
+                with torch.random.fork_rng(devices=[]), layer.override_alphas({index: 1.0}):
+                    with_seed = float(loss(model, batch))
+                self.signals.setdefault(seed, SeedSignal(self.decay)).update(with_seed, without)
 
     def improvement(self, seed: str) -> float:
         """The seed's relative improvement since its TRAINING began (0 if never observed)."""

@@ -43,10 +43,12 @@ def train_step(t: Trainer, batch: Batch) -> float:
     t.recent_losses.append(value)
     every = t.config.driver.observe_every
     if t.measures_telemetry and (t.step + 1) % every == 0:
-        for layer in t.layers.values():
-            for i in layer.kernel_slots(Stage.TRAINING):
-                seed = f"{layer.name}/{i}"
-                t.seed_telemetry.observe(t.model, seed, batch, t.loss_fn)
+        seeds = [
+            f"{layer.name}/{i}"
+            for layer in t.layers.values()
+            for i in layer.kernel_slots(Stage.TRAINING)
+        ]
+        t.seed_telemetry.observe_all(t.model, seeds, batch, t.loss_fn)
     return value
 
 
@@ -76,19 +78,21 @@ def train_seeds_on_own_loss(t: Trainer, batch: Batch) -> None:
     mode, so batch-norm statistics are not touched): the host's outputs and gradients stay
     exactly as without the seed (L8).
     """
-    for layer in t.layers.values():
-        for i in layer.kernel_slots(Stage.TRAINING):
+    training = [(ly, i) for ly in t.layers.values() for i in ly.kernel_slots(Stage.TRAINING)]
+    if not training:
+        return
+    modes = [(m, m.training) for m in t.model.modules()]
+    try:
+        t.model.eval()
+        for layer, i in training:
             kernel = layer.kernel(i)
             assert kernel is not None  # a TRAINING slot holds its kernel (L4)
             params = [p for p in kernel.parameters() if p.requires_grad]
-            modes = [(m, m.training) for m in t.model.modules()]
-            try:
-                t.model.eval()
-                with layer.override_alphas({i: 1.0}):
-                    own = t.loss_fn(t.model, batch)
-                grads = torch.autograd.grad(own, params, allow_unused=True)
-            finally:
-                for m, training in modes:
-                    m.training = training
+            with layer.override_alphas({i: 1.0}):
+                own = t.loss_fn(t.model, batch)
+            grads = torch.autograd.grad(own, params, allow_unused=True)
             for p, g in zip(params, grads, strict=True):
                 p.grad = None if g is None else g.detach()
+    finally:
+        for m, was in modes:
+            m.training = was

@@ -85,6 +85,21 @@ def test_seed_losses_and_the_training_signal() -> None:
     assert s.advantage == pytest.approx((2.0 - 1.25) / 2.0)
 
 
+def test_observing_seeds_together_gives_the_same_bits_as_one_by_one() -> None:
+    model, batch = run()
+    fp = model_fingerprint(model)
+    seeds = ["layer1/0", "layer1/1"]
+    one_by_one, together = SeedTelemetry(decay=0.5), SeedTelemetry(decay=0.5)
+    for _ in range(2):
+        for seed in seeds:
+            one_by_one.observe(model, seed, batch, loss)
+        together.observe_all(model, seeds, batch, loss)
+    assert together.signals == one_by_one.signals and len(together.signals) == 2
+    assert model_fingerprint(model) == fp
+    together.observe_all(model, [], batch, loss)  # no seed in TRAINING: no pass at all
+    assert together.signals == one_by_one.signals
+
+
 def test_grad_norm_ratios() -> None:
     model, batch = run()
     loss(model, batch).backward()
