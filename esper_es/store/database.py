@@ -188,7 +188,7 @@ class RunDatabase(BranchIndex):
                 return
             if not self.readonly:
                 if self._staged:
-                    with _transaction(self._conn):
+                    with transaction(self._conn):
                         self._write_staged()
                     self._staged.clear()
                 with contextlib.suppress(sqlite3.Error):

@@ -143,6 +143,11 @@ class RunStore(Protocol):
         """Store several blobs in one transaction; their keys in order."""
         ...
 
+    def stage_blobs(self, blobs: Sequence[bytes]) -> list[str]:
+        """Store blobs at the latest with the next append (one transaction for a snapshot and
+        the event naming it); readable on this connection at once; their keys in order."""
+        ...
+
     def has_blob(self, key: str) -> bool:
         """Whether a blob with this key is stored."""
         ...
