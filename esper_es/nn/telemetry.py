@@ -175,8 +175,10 @@ class SeedTelemetry:
                 if layer.kernel(index) is None:
                     raise ValueError(f"seed {seed} holds no kernel")
                 with torch.random.fork_rng(devices=[]), layer.override_alphas({index: 1.0}):
-                    with_seed = float(loss(model, batch))
-                self.signals.setdefault(seed, SeedSignal(self.decay)).update(with_seed, without)
+                    measured = (float(loss(model, batch)), without)
+                if self.reduce is not None:
+                    measured = self.reduce(measured)
+                self.signals.setdefault(seed, SeedSignal(self.decay)).update(*measured)
 
     def improvement(self, seed: str) -> float:
         """The seed's relative improvement since its TRAINING began (0 if never observed)."""

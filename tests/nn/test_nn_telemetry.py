@@ -98,6 +98,12 @@ def test_observing_seeds_together_gives_the_same_bits_as_one_by_one() -> None:
     assert model_fingerprint(model) == fp
     together.observe_all(model, [], batch, loss)  # no seed in TRAINING: no pass at all
     assert together.signals == one_by_one.signals
+    # A data-parallel run's reduction sees each seed's measurement, as `observe` hands it.
+    seen: list[tuple[float, float]] = []
+    reduced = SeedTelemetry(decay=0.5, reduce=lambda m: seen.append(m) or (m[0] * 2, m[1] * 2))
+    reduced.observe_all(model, seeds, batch, loss)
+    assert len(seen) == 2 and seen[0][1] == seen[1][1]
+    assert reduced.signals["layer1/0"].ema_with == seen[0][0] * 2
 
 
 def test_grad_norm_ratios() -> None:
