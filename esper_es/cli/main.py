@@ -103,18 +103,18 @@ def run_command(args: argparse.Namespace, fn: Callable[[argparse.Namespace], int
     """Run one parsed command; an SQLite failure it did not classify names its database."""
     try:
         return int(fn(args))
-    except Exception as exc:
-        if type(exc).__module__.split(".")[0] != "psycopg":
-            raise
-        # A PostgreSQL server lost mid-command (or refusing a statement): the store's own
-        # StorageError, naming the run without its password, never an internal error.
-        raise _postgres_failure(args, exc) from None
     except sqlite3.DatabaseError as exc:
         # A full disk, an I/O error or a vanished file during a write: never a traceback,
         # never a false tamper alarm for what the file system refused.
         from esper_es.store.sqlite_files import sqlite_failure
 
         raise sqlite_failure(Path(str(getattr(args, "db", None) or "the database")), exc) from None
+    except Exception as exc:
+        if type(exc).__module__.split(".")[0] != "psycopg":
+            raise
+        # A PostgreSQL server lost mid-command (or refusing a statement): the store's own
+        # StorageError, naming the run without its password, never an internal error.
+        raise _postgres_failure(args, exc) from None
 
 
 def _postgres_failure(args: argparse.Namespace, exc: Exception) -> StorageError:

@@ -30,7 +30,8 @@ def test_every_step_of_every_epoch_with_the_scheduled_rate(cli, tmp_path: Path) 
     db = _train(
         cli,
         tmp_path,
-        "[train]\nepochs = 2\nlr_schedule = 'cosine'\nlr_warmup_steps = 5\nlr_min_factor = 0.1\n",
+        "[train]\nepochs = 2\nlr = 0.01\nlr_schedule = 'cosine'\nlr_warmup_steps = 5\n"
+        "lr_min_factor = 0.1\n",
         "cosine",
     )
     metrics = _events(cli, db, "StepMetricsRecorded")
