@@ -252,6 +252,7 @@ def replay(**values: Any) -> int:
     epilog=_examples(
         "esper-es history runs/r.db --type AdaptationPlanned",
         "esper-es rollback runs/r.db --to 120",
+        "esper-es rollback runs/r.db --to-epoch 2",
     ),
 )
 @_db_argument
@@ -259,8 +260,13 @@ def replay(**values: Any) -> int:
     "--to",
     type=NATURAL,
     metavar="SEQ",
-    required=True,
-    help="The seq whose state the branch starts from.",
+    help="The seq whose state the branch starts from (the end of a step boundary).",
+)
+@click.option(
+    "--to-epoch",
+    type=COUNT,
+    metavar="N",
+    help="Instead of --to: the state after epoch N's last step (on the newest branch).",
 )
 @_allow_env_option
 @_factory_option

@@ -238,12 +238,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     """Open a branch whose state is the state at SEQ."""
+    if (args.to is None) == (args.to_epoch is None):
+        raise UsageError("rollback: give --to SEQ or --to-epoch N (one of them)")
     feedback = progress_for(args)
     with feedback.phase("importing torch and the trainer"):
         from esper_es.replay import rollback
-    with feedback.phase(f"rebuilding the state at seq {args.to}"):
+        from esper_es.replay.rollback import epoch_end
+    to = args.to if args.to is not None else epoch_end(args.db, args.to_epoch)
+    with feedback.phase(f"rebuilding the state at seq {to}"):
         obj = rollback(
-            args.db, args.to, allow_env_mismatch=args.allow_env_mismatch,
+            args.db, to, allow_env_mismatch=args.allow_env_mismatch,
             trainer_factory=_factory(args),
         )  # fmt: skip
     emit(

@@ -37,6 +37,32 @@ def boundary_ends(log: RecordedLog) -> list[int]:
     return out
 
 
+def epoch_end(db_path: str | os.PathLike[str], epoch: int, branch: str | None = None) -> int:
+    """The seq that ends the boundary where `epoch` ended on `branch` (default: the newest).
+
+    What `rollback --to-epoch` targets: the state after that epoch's last step, whatever the
+    seqs of the run happen to be (they depend on what the controller did).
+    """
+    with open_store(db_path, readonly=True) as db:
+        name = branch or db.branches()[-1].name
+        log = RecordedLog(db, name)
+        steps = [
+            step_of(rec)
+            for rec in log.events
+            if rec.type == "EpochCompleted" and rec.payload.get("epoch") == epoch
+        ]
+        if not steps:
+            done = sorted(
+                {int(r.payload["epoch"]) for r in log.events if r.type == "EpochCompleted"}
+            )
+            raise InvalidRollbackPoint(
+                f"epoch {epoch} did not end on branch {name}; epochs that did: "
+                f"{', '.join(str(e) for e in done if e > 0) or 'none'}"
+            )
+        step_at = {rec.seq: step_of(rec) for rec in log.events}
+        return [s for s in boundary_ends(log) if step_at[s] == steps[-1]][-1]
+
+
 def _parent_of(db: RunStore, seq: int) -> str:
     row = db.event_at(seq)
     if row is None:
