@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from esper_es.store.records import Branch
 
@@ -38,6 +39,28 @@ class BranchIndex:
             bound = b.fork_seq if bound is None else min(bound, b.fork_seq)
             name = b.parent
         return out
+
+    def lineage_levels(
+        self, branch: str, mark: str = "?", column: str = "branch"
+    ) -> list[tuple[str, list[Any]]]:
+        """Per level of `branch`'s lineage, nearest first: the SQL condition selecting the
+        events visible from it at that level, and its arguments (`mark` is the placeholder)."""
+        levels: list[tuple[str, list[Any]]] = []
+        for name, bound in self.lineage(branch):
+            if bound is None:
+                levels.append((f"{column} = {mark}", [name]))
+            else:
+                levels.append((f"{column} = {mark} AND seq <= {mark}", [name, bound]))
+        return levels
+
+    def lineage_condition(
+        self, branch: str, mark: str = "?", column: str = "branch"
+    ) -> tuple[str, list[Any]]:
+        """One SQL condition for every event visible from `branch`: its own, and its
+        parents' up to each fork; with its arguments."""
+        levels = self.lineage_levels(branch, mark, column)
+        sql = "(" + " OR ".join(f"({cond})" for cond, _ in levels) + ")"
+        return sql, [arg for _, args in levels for arg in args]
 
     def _check_new_branch(self, name: str, parent: str, fork_seq: int, head: int) -> None:
         if name in self._branches:

@@ -243,15 +243,11 @@ class RunDatabase(BranchIndex):
         if branch is None:
             return self.head()[0]
         best = 0
-        for name, bound in self.lineage(branch):
-            # Walked back from the end by rowid (`+branch`: not through the branch's index
-            # entries, which MAX would read all of): a branch's newest event is near the end.
-            sql = "SELECT seq FROM events WHERE +branch=?"
-            args: list[Any] = [name]
-            if bound is not None:
-                sql += " AND seq<=?"
-                args.append(bound)
-            row = self._conn.execute(sql + " ORDER BY seq DESC LIMIT 1", args).fetchone()
+        # Walked back from the end by rowid (`+branch`: not through the branch's index
+        # entries, which MAX would read all of): a branch's newest event is near the end.
+        for cond, args in self.lineage_levels(branch, column="+branch"):
+            sql = f"SELECT seq FROM events WHERE {cond} ORDER BY seq DESC LIMIT 1"
+            row = self._conn.execute(sql, args).fetchone()
             best = max(best, row[0] if row else 0)
         return best
 
@@ -262,13 +258,9 @@ class RunDatabase(BranchIndex):
         if cached is not None:
             return cached
         version = 0
-        for name, bound in self.lineage(branch):
-            sql = "SELECT MAX(stream_version) FROM events WHERE branch=? AND stream=?"
-            args: list[Any] = [name, stream]
-            if bound is not None:
-                sql += " AND seq<=?"
-                args.append(bound)
-            found = self._conn.execute(sql, args).fetchone()[0]
+        for cond, args in self.lineage_levels(branch):
+            sql = f"SELECT MAX(stream_version) FROM events WHERE stream = ? AND {cond}"
+            found = self._conn.execute(sql, [stream, *args]).fetchone()[0]
             if found is not None:
                 version = found
                 break
@@ -375,15 +367,9 @@ class RunDatabase(BranchIndex):
             # of the branch plus a sort (whose cost grew with the log: 111 ms a boundary at
             # 1 M events). With a stream, the (branch, stream, version) index is the right one.
             column = "branch" if stream is not None else "+branch"
-            parts = []
-            for name, bound in self.lineage(branch):
-                if bound is None:
-                    parts.append(f"({column} = ?)")
-                    args.append(name)
-                else:
-                    parts.append(f"({column} = ? AND seq <= ?)")
-                    args.extend([name, bound])
-            clauses.append("(" + " OR ".join(parts) + ")")
+            visible, visible_args = self.lineage_condition(branch, column=column)
+            clauses.append(visible)
+            args.extend(visible_args)
         sql = f"SELECT {COLUMNS} FROM events WHERE {' AND '.join(clauses)} ORDER BY seq"
         for row in self._conn.execute(sql, args):
             yield decode_row(row)

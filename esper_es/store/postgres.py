@@ -169,14 +169,10 @@ class PostgresStore(BranchIndex):
         if branch is None:
             return self.head()[0]
         best = 0
-        for name, bound in self.lineage(branch):
-            q = "SELECT seq FROM events WHERE branch = %s"
-            args: list[Any] = [name]
-            if bound is not None:
-                q += " AND seq <= %s"
-                args.append(bound)
+        for cond, args in self.lineage_levels(branch, mark="%s"):
+            q = f"SELECT seq FROM events WHERE {cond} ORDER BY seq DESC LIMIT 1"
             with self._mutex:
-                row = self._conn.execute(q + " ORDER BY seq DESC LIMIT 1", args).fetchone()
+                row = self._conn.execute(q, args).fetchone()
             best = max(best, int(row[0]) if row else 0)
         return best
 
@@ -187,14 +183,10 @@ class PostgresStore(BranchIndex):
         if cached is not None:
             return cached
         version = 0
-        for name, bound in self.lineage(branch):
-            q = "SELECT MAX(stream_version) FROM events WHERE branch = %s AND stream = %s"
-            args: list[Any] = [name, stream]
-            if bound is not None:
-                q += " AND seq <= %s"
-                args.append(bound)
+        for cond, args in self.lineage_levels(branch, mark="%s"):
+            q = f"SELECT MAX(stream_version) FROM events WHERE stream = %s AND {cond}"
             with self._mutex:
-                found = self._conn.execute(q, args).fetchone()[0]  # type: ignore[index]
+                found = self._conn.execute(q, [stream, *args]).fetchone()[0]  # type: ignore[index]
             if found is not None:
                 version = int(found)
                 break
@@ -212,16 +204,12 @@ class PostgresStore(BranchIndex):
         if not missing:
             return
         found: dict[str, int] = {}
-        for name, bound in self.lineage(branch):
+        for cond, args in self.lineage_levels(branch, mark="%s"):
             q = (
                 "SELECT stream, MAX(stream_version) FROM events"
-                " WHERE branch = %s AND stream = ANY(%s)"
+                f" WHERE stream = ANY(%s) AND {cond} GROUP BY stream"
             )
-            args: list[Any] = [name, sorted(missing)]
-            if bound is not None:
-                q += " AND seq <= %s"
-                args.append(bound)
-            for stream, version in self._conn.execute(q + " GROUP BY stream", args).fetchall():
+            for stream, version in self._conn.execute(q, [sorted(missing), *args]).fetchall():
                 found[stream] = int(version)
                 missing.discard(stream)
             if not missing:
@@ -321,15 +309,9 @@ class PostgresStore(BranchIndex):
             clauses.append("type = ANY(%s)")
             args.append(list(types))
         if branch is not None:
-            parts = []
-            for name, bound in self.lineage(branch):
-                if bound is None:
-                    parts.append("(branch = %s)")
-                    args.append(name)
-                else:
-                    parts.append("(branch = %s AND seq <= %s)")
-                    args.extend([name, bound])
-            clauses.append("(" + " OR ".join(parts) + ")")
+            visible, visible_args = self.lineage_condition(branch, mark="%s")
+            clauses.append(visible)
+            args.extend(visible_args)
         for row in self._pages(clauses, args, from_seq):
             yield decode_row(row)
 
