@@ -75,6 +75,44 @@ def strategy_rows(runs: Sequence[RunOut]) -> list[list[str]]:
     return rows
 
 
+def run_interleaved(
+    base: RunConfig,
+    seeds: Sequence[int],
+    names: Sequence[str],
+    variant: Callable[[RunConfig, str], tuple[RunConfig, bool]],
+) -> dict[str, list[RunOut]]:
+    """Every variant for every master seed, the variants interleaved within each seed."""
+    results: dict[str, list[RunOut]] = {n: [] for n in names}
+    for seed in seeds:
+        for name in names:
+            config, seeded = variant(base, name)
+            results[name].append(train_variant(config, seed, seeded))
+    return results
+
+
+def variant_row(
+    name: str,
+    runs: Sequence[RunOut],
+    value: Callable[[RunOut], float],
+    scale: float,
+    unit: str,
+    spread_unit: str,
+    digits: int,
+    wide: int,
+) -> list[str]:
+    """A variant's row: mean, spread and per-seed values of `value`, parameters, ÷ wide."""
+    xs = [scale * value(r) for r in runs]
+    counts = [r.parameters for r in runs]
+    return [
+        name,
+        f"{mean(xs):.{digits}f}{unit}",
+        f"{spread(xs):.{digits}f}{spread_unit}",
+        " / ".join(f"{x:.{digits}f}" for x in xs),
+        f"{min(counts)}-{max(counts)}" if min(counts) != max(counts) else str(counts[0]),
+        f"{100 * max(counts) / wide:.1f} %",
+    ]  # fmt: skip
+
+
 def fossilized(runs: Sequence[RunOut]) -> str:
     """Fossilized seeds per run, e.g. `2 / 1 / 3`."""
     return " / ".join(str(r.seeds.get("FOSSILIZED", 0)) for r in runs)

@@ -20,7 +20,14 @@ import attrs
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import print_machine, table
-from bench._growth import RunOut, fossilized, mean, spread, static, strategy_rows, train_variant
+from bench._growth import (
+    fossilized,
+    mean,
+    run_interleaved,
+    static,
+    strategy_rows,
+    variant_row,
+)
 from esper_es.config import RunConfig, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,11 +48,7 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = ap.parse_args()
     base = load_config(ROOT / "configs" / "text.toml")
-    results: dict[str, list[RunOut]] = {n: [] for n in NAMES}
-    for seed in args.seeds:
-        for name in NAMES:
-            config, seeded = variant(base, name)
-            results[name].append(train_variant(config, seed, seeded))
+    results = run_interleaved(base, args.seeds, NAMES, variant)
     t, h = base.train, base.host
     print("## B12: the text config\n")
     print_machine()
@@ -54,16 +57,7 @@ def main() -> int:
     wide = max(r.parameters for r in results[NAMES[2]])
     rows = []
     for name in NAMES:
-        losses = [r.val_loss for r in results[name]]
-        counts = [r.parameters for r in results[name]]
-        rows.append([
-            name,
-            f"{mean(losses):.4f}",
-            f"{spread(losses):.4f}",
-            " / ".join(f"{x:.4f}" for x in losses),
-            f"{min(counts)}-{max(counts)}" if min(counts) != max(counts) else str(counts[0]),
-            f"{100 * max(counts) / wide:.1f} %",
-        ])  # fmt: skip
+        rows.append(variant_row(name, results[name], lambda r: r.val_loss, 1, "", "", 4, wide))
     table(["variant", "mean val. loss", "std", "per seed", "parameters", "max ÷ wide"], rows)
     seeded, narrow, wide_loss = (mean([r.val_loss for r in results[n]]) for n in NAMES)
     closed = (narrow - seeded) / (narrow - wide_loss) if narrow != wide_loss else float("nan")

@@ -21,7 +21,14 @@ import attrs
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import print_machine, table
-from bench._growth import RunOut, fossilized, mean, spread, static, strategy_rows, train_variant
+from bench._growth import (
+    fossilized,
+    mean,
+    run_interleaved,
+    static,
+    strategy_rows,
+    variant_row,
+)
 from esper_es.config import RunConfig
 
 NAMES = ("seeded (width 4)", "static (width 4)", "static (width 32)")
@@ -44,11 +51,7 @@ def main() -> int:
     base = RunConfig()
     if args.epochs:
         base = attrs.evolve(base, train=attrs.evolve(base.train, epochs=args.epochs))
-    results: dict[str, list[RunOut]] = {n: [] for n in NAMES}
-    for seed in args.seeds:
-        for name in NAMES:
-            config, seeded = variant(base, name)
-            results[name].append(train_variant(config, seed, seeded))
+    results = run_interleaved(base, args.seeds, NAMES, variant)
     t = base.train
     print("## B9: accuracy on digits\n")
     print_machine()
@@ -57,16 +60,9 @@ def main() -> int:
     wide = max(r.parameters for r in results[NAMES[2]])
     rows = []
     for name in NAMES:
-        accs = [r.accuracy for r in results[name]]
-        counts = [r.parameters for r in results[name]]
-        rows.append([
-            name,
-            f"{100 * mean(accs):.2f} %",
-            f"{100 * spread(accs):.2f} pp",
-            " / ".join(f"{100 * a:.2f}" for a in accs),
-            f"{min(counts)}-{max(counts)}" if min(counts) != max(counts) else str(counts[0]),
-            f"{100 * max(counts) / wide:.1f} %",
-        ])  # fmt: skip
+        rows.append(
+            variant_row(name, results[name], lambda r: r.accuracy, 100, " %", " pp", 2, wide)
+        )
     table(["variant", "mean accuracy", "std", "per seed", "parameters", "max ÷ wide"], rows)
     seeded = mean([r.accuracy for r in results[NAMES[0]]])
     narrow = mean([r.accuracy for r in results[NAMES[1]]])
