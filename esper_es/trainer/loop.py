@@ -55,6 +55,7 @@ from esper_es.nn.telemetry import SeedTelemetry
 from esper_es.orchestrator import SeedOrchestrator
 from esper_es.policy import fitting as policy
 from esper_es.policy.learned import controller_for as default_controller
+from esper_es.runtime.dynamo_free import defer_dynamo_import
 from esper_es.runtime.environment import configure_determinism, pin_threads
 from esper_es.store.backends import create_store, is_postgres
 from esper_es.store.protocol import RunStore
@@ -218,6 +219,7 @@ class Trainer:
         pin_threads(rt.threads, rt.interop_threads or None)
         if rt.deterministic:
             configure_determinism()
+        defer_dynamo_import()
         # Seeded so that anything a user's host draws (dropout) is a function of the master
         # seed, and so the RNG digests in `Checkpointed` repeat from run to run.
         torch.manual_seed(derive_seed(self.master_seed, "torch_global"))

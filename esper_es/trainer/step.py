@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from esper_es.core.lifecycle import Stage
+from esper_es.runtime import dynamo_free
 from esper_es.trainer.schedule import apply_lr, lr_factor
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ def train_step(t: Trainer, batch: Batch) -> float:
         apply_lr(t.optimizer, factor)
     if t.ranks is not None:
         loss = t.ranks.reduce_step(loss)
-    t.optimizer.step()
+    dynamo_free.step(t.optimizer)
     value = float(loss.detach())
     if not math.isfinite(value):
         # Nothing after this can be recorded faithfully (losses go into canonical JSON,
