@@ -14,6 +14,7 @@ import os
 import tempfile
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pg_server
 import pytest
@@ -38,6 +39,21 @@ def server_url() -> str:
     atexit.register(pg_server.stop, base)
     _started.append(url)
     return url
+
+
+def fresh_database(prefix: str = "d") -> str:
+    """A new, empty database on the test server (for listing its runs alone); its URL."""
+    import psycopg
+
+    from esper_es.store.pg_location import PgLocation
+
+    url = server_url()
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PgLocation.parse(url).conninfo, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    parts = urlsplit(url)
+    # Spliced by hand: urlunsplit drops the `//` of a URL with no host before the path.
+    return f"{parts.scheme}://{parts.netloc}/{name}?{parts.query}"
 
 
 def fresh_url(prefix: str = "t") -> str:

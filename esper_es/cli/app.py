@@ -350,15 +350,20 @@ def verify(**values: Any) -> int:
 
 @cli.command(
     "runs",
-    epilog=_examples("esper-es runs", "esper-es runs experiments/ --json"),
+    epilog=_examples(
+        "esper-es runs",
+        "esper-es runs experiments/ --json",
+        "esper-es runs postgresql://me@dbhost/esper",
+    ),
 )
-@click.argument("dir", default="runs", type=click.Path(), metavar="[DIR]")
+@click.argument("dir", default="runs", type=click.Path(), metavar="[DIR|URL]")
 @_json_option
 def runs(**values: Any) -> int:
-    """List the runs in a folder.
+    """List the runs in a folder or a PostgreSQL database.
 
-    The run databases in DIR (default: runs/), newest first: id, start, host, config
-    digest, epochs, status, result, fingerprint, branches, size."""
+    The run databases in DIR (default: runs/), or the runs (one schema each) of the
+    PostgreSQL database at URL, newest first: id, start, host, config digest, epochs,
+    status, result, fingerprint, branches, size."""
     return _run("runs", "reading:cmd_runs", values)
 
 

@@ -98,18 +98,20 @@ def cmd_history(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     """The run databases in a folder, newest first."""
     from esper_es.cli import runs as runs_cli
+    from esper_es.store.backends import describe, is_postgres
 
-    folder = Path(args.dir)
-    if not folder.is_dir():
-        raise UsageError(f"runs: {folder} is not a folder (train writes to runs/ by default)")
-    found, skipped = runs_cli.scan(folder)
-    obj = {"dir": str(folder), "runs": found, "skipped": skipped}
+    where = str(args.dir)
+    if not is_postgres(where) and not Path(where).is_dir():
+        raise UsageError(f"runs: {where} is not a folder (train writes to runs/ by default)")
+    found, skipped = runs_cli.scan(where)
+    shown = describe(where)
+    obj = {"dir": shown, "runs": found, "skipped": skipped}
 
     def text() -> None:
         if found:
             print("\n".join(runs_cli.format_table(found)))
         note = f"; {len(skipped)} other database file(s) skipped" if skipped else ""
-        print(f"-- {len(found)} run{'' if len(found) == 1 else 's'} in {folder}{note}")
+        print(f"-- {len(found)} run{'' if len(found) == 1 else 's'} in {shown}{note}")
 
     emit(args, obj, text)
     return EXIT_OK

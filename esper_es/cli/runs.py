@@ -1,4 +1,5 @@
-"""`esper-es runs [DIR]`: the run databases in a folder, one line each.
+"""`esper-es runs [DIR | postgresql://…]`: the runs in a folder or a PostgreSQL database, one
+line each.
 
 Everything shown is read from each file's own log (no side index that could drift from it):
 `RunStarted` for when, what and with which config; the last `EpochCompleted` for the result;
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from esper_es.errors import EsperError
-from esper_es.store.database import RunDatabase
+from esper_es.store.backends import is_postgres, open_store, run_locations
 
 __all__ = ["describe_run", "find_runs", "format_table"]
 
@@ -48,9 +49,9 @@ def _host(payload: dict[str, Any]) -> str:
     return f"{task} w{width}" if task and width else str(task or "-")
 
 
-def describe_run(path: Path) -> dict[str, Any]:
+def describe_run(location: str | Path) -> dict[str, Any]:
     """One run's row: id, start, host, config digest, epochs, result, fingerprint, branches."""
-    with RunDatabase.open(path, readonly=True) as db:
+    with open_store(location, readonly=True) as db:
         branches = [b.name for b in db.branches()]
         head_seq = db.head_seq("main")
         started: dict[str, Any] | None = None
@@ -61,13 +62,15 @@ def describe_run(path: Path) -> dict[str, Any]:
                 started, recorded_at = dict(rec.payload), rec.recorded_at
             last[rec.type] = dict(rec.payload)
         run_id = db.run_id
+        shown, backend, size = db.location, db.backend, db.storage_bytes()
     config = (started or {}).get("config") or {}
     planned = (config.get("train") or {}).get("epochs")
     epoch = last.get("EpochCompleted", {})
     stopped = last.get("TrainingStopped")
     status = stopped["reason"] if stopped else ("simulated" if not epoch else "unfinished")
     return {
-        "path": str(path),
+        "path": shown,
+        "backend": backend,
         "run_id": run_id,
         "started": recorded_at,
         "host": _host(started or {}),
@@ -80,19 +83,23 @@ def describe_run(path: Path) -> dict[str, Any]:
         "fingerprint": last.get("Checkpointed", {}).get("fingerprint"),
         "head_seq": head_seq,
         "branches": branches,
-        "bytes": path.stat().st_size,
+        "bytes": size,
     }
 
 
-def scan(folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """The runs in `folder`, newest first, and the files that are not usable run databases."""
+def scan(where: str) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """The runs in a folder or PostgreSQL database, newest first, and the databases that are
+    not usable runs."""
+    places: list[str] = (
+        run_locations(where) if is_postgres(where) else [str(p) for p in find_runs(Path(where))]
+    )
     runs: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
-    for path in find_runs(folder):
+    for place in places:
         try:
-            runs.append(describe_run(path))
+            runs.append(describe_run(place))
         except EsperError as exc:
-            skipped.append({"path": str(path), "why": str(exc)})
+            skipped.append({"path": str(place), "why": str(exc)})
     runs.sort(key=lambda r: (r["started"] or "", r["path"]), reverse=True)
     return runs, skipped
 
@@ -121,10 +128,17 @@ def _result(r: dict[str, Any]) -> str:
     return "-"
 
 
+def _where(r: dict[str, Any]) -> str:
+    # The file's name in its folder; a PostgreSQL run's schema (the database is the argument).
+    if r.get("backend") == "postgresql":
+        return "schema=" + str(r["path"]).rpartition("schema=")[2]
+    return Path(r["path"]).name
+
+
 def format_table(runs: list[dict[str, Any]]) -> list[str]:
     """The runs as aligned lines under a header."""
     header = ["RUN", "STARTED", "HOST", "CONFIG", "EPOCHS", "STATUS", "RESULT", "FINGERPRINT"]
-    header += ["BRANCHES", "SIZE", "FILE"]
+    header += ["BRANCHES", "SIZE", "WHERE"]
     rows: list[list[str]] = [header]
     for r in runs:
         epochs = "-" if r["epochs"] is None else str(r["epochs"])
@@ -143,7 +157,7 @@ def format_table(runs: list[dict[str, Any]]) -> list[str]:
                 fp.removeprefix("sha256:")[:12] if fp else "-",
                 str(len(r["branches"])),
                 _size(r["bytes"]),
-                Path(r["path"]).name,
+                _where(r),
             ]
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]

@@ -1,8 +1,10 @@
-"""The audit trail: every appended event as one structlog JSON line beside the database.
+"""The audit trail: every appended event as one structlog JSON line, beside an SQLite file
+(`AuditTrail`) or in a PostgreSQL run's `audit` table (`AuditLines`).
 
 It is for people and for `verify`, which cross-checks its seqs and hashes against the log
-(a database whose tail was cut is caught this way). Lines are written after the commit, so
-the trail may lag a crash by the last transaction, never lead it.
+(a database whose tail was cut is caught this way). The file's lines are written after the
+commit, so the trail may lag a crash by the last transaction, never lead it; PostgreSQL's go in
+the transaction of their events, so they always match (and cost no extra commit).
 
 Cost: one structlog call per *committed batch*, not per event. The batch goes through the
 bound logger's processor chain once (time stamp, then `_render_batch`), which renders one
@@ -89,6 +91,31 @@ def _render_batch(_: Any, __: str, event_dict: Any) -> str:
     )
 
 
+def _bound(logger: Any, run_id: str) -> Any:
+    """A structlog logger that renders a batch of rows as their audit lines, for `logger`."""
+    return structlog.wrap_logger(
+        logger,
+        processors=[structlog.processors.TimeStamper(fmt="iso", utc=True), _render_batch],
+        context_class=dict,
+    ).bind(run_id=run_id)
+
+
+class AuditLines:
+    """Renders committed rows as audit lines, for a store that keeps them itself (PostgreSQL's
+    `audit` table): the same structlog chain and bytes as the file trail."""
+
+    def __init__(self, run_id: str) -> None:
+        # ReturnLogger hands back what the processors rendered instead of writing it.
+        self._log = _bound(structlog.ReturnLogger(), run_id)
+
+    def render(self, rows: Sequence[Sequence[Any]]) -> list[tuple[int, str]]:
+        """`(seq, line)` for each row (tuples in `events` column order)."""
+        if not rows:
+            return []
+        text: str = self._log.info("event_appended", **{_ROWS: rows})
+        return list(zip((int(r[0]) for r in rows), text.split("\n"), strict=True))
+
+
 class AuditTrail:
     """Appends one JSON line per event to `<db>.audit.jsonl`."""
 
@@ -106,11 +133,7 @@ class AuditTrail:
             return
         if self._fh is None:
             self._fh = self.path.open("a", encoding="utf-8", buffering=1 << 16)
-            self._log = structlog.wrap_logger(
-                structlog.WriteLogger(self._fh),
-                processors=[structlog.processors.TimeStamper(fmt="iso", utc=True), _render_batch],
-                context_class=dict,
-            ).bind(run_id=self.run_id)
+            self._log = _bound(structlog.WriteLogger(self._fh), self.run_id)
         # WriteLogger writes the rendered lines and a final newline, then flushes.
         self._log.info("event_appended", **{_ROWS: rows})
 

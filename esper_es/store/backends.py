@@ -11,7 +11,14 @@ import os
 from esper_es.store.pg_location import describe, is_postgres
 from esper_es.store.protocol import RunStore
 
-__all__ = ["create_store", "describe", "is_postgres", "open_store"]
+__all__ = ["create_store", "describe", "is_postgres", "open_store", "run_locations"]
+
+
+def run_locations(database: str) -> list[str]:
+    """The runs of a PostgreSQL database (`postgresql://…`), one openable location each."""
+    from esper_es.store.pg_session import run_locations as pg_runs
+
+    return pg_runs(database)
 
 
 def open_store(

@@ -496,6 +496,18 @@ class RunDatabase(BranchIndex):
             return None
         return _lines(trail)
 
+    def storage_bytes(self) -> int:
+        """The database file, its write-ahead log and its audit trail, in bytes."""
+        total = 0
+        for path in (
+            self.path,
+            self.path.with_name(self.path.name + "-wal"),
+            audit_path(self.path),
+        ):
+            with contextlib.suppress(FileNotFoundError):
+                total += path.stat().st_size
+        return total
+
     def import_log(
         self,
         rows: Iterator[Row],

@@ -2,7 +2,9 @@
 
 Column for column what `sqlite_files.initialise` makes (types mapped: TEXT, BIGINT, BYTEA),
 with the four append-only triggers under the same names plus two refusing TRUNCATE (which
-PostgreSQL does not route through row triggers).
+PostgreSQL does not route through row triggers). Where an SQLite run keeps its audit trail in a
+file beside it, a PostgreSQL run keeps the same lines in an append-only `audit` table (made
+unless the run is created with `audit=False`; runs made before it existed have none).
 """
 
 from __future__ import annotations
@@ -45,12 +47,22 @@ _TRIGGER_SPECS = (
     ("events_append_only_truncate", "TRUNCATE", "events", "append-only", "STATEMENT"),
     ("blobs_immutable_truncate", "TRUNCATE", "blobs", "content-addressed", "STATEMENT"),
 )
+_AUDIT_TABLE = "CREATE TABLE audit (seq BIGINT PRIMARY KEY, line TEXT NOT NULL)"
+_AUDIT_TRIGGER_SPECS = (
+    ("audit_append_only_update", "UPDATE", "audit", "append-only", "ROW"),
+    ("audit_append_only_delete", "DELETE", "audit", "append-only", "ROW"),
+    ("audit_append_only_truncate", "TRUNCATE", "audit", "append-only", "STATEMENT"),
+)
+#: The audit table's triggers, checked where the table exists.
+AUDIT_TRIGGERS = tuple(spec[0] for spec in _AUDIT_TRIGGER_SPECS)
 
 
-def create_statements(run_id: str) -> list[tuple[Any, tuple[Any, ...]]]:
+def create_statements(run_id: str, *, audit: bool = True) -> list[tuple[Any, tuple[Any, ...]]]:
     """The statements that make an empty run in the current schema (search_path set)."""
-    out: list[tuple[Any, tuple[Any, ...]]] = [(sql.SQL(s), ()) for s in _TABLES]
-    for name, op, table, why, level in _TRIGGER_SPECS:
+    tables = (*_TABLES, _AUDIT_TABLE) if audit else _TABLES
+    specs = (*_TRIGGER_SPECS, *_AUDIT_TRIGGER_SPECS) if audit else _TRIGGER_SPECS
+    out: list[tuple[Any, tuple[Any, ...]]] = [(sql.SQL(s), ()) for s in tables]
+    for name, op, table, why, level in specs:
         stmt = sql.SQL(
             "CREATE TRIGGER {} BEFORE {} ON {} FOR EACH {} EXECUTE FUNCTION esper_refuse({})"
         ).format(
@@ -95,6 +107,12 @@ ENABLED_TRIGGERS = (
     "SELECT t.tgname FROM pg_trigger t JOIN pg_class c ON t.tgrelid = c.oid"
     " JOIN pg_namespace n ON c.relnamespace = n.oid"
     " WHERE n.nspname = %s AND NOT t.tgisinternal AND t.tgenabled <> 'D'"
+)
+
+#: The bytes of a schema's tables, with their indexes and TOAST.
+SCHEMA_BYTES = (
+    "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c"
+    " JOIN pg_namespace n ON c.relnamespace = n.oid WHERE n.nspname = %s AND c.relkind = 'r'"
 )
 
 TABLE_COLUMNS = (

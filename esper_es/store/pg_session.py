@@ -9,6 +9,7 @@ import contextlib
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 import psycopg
 from psycopg import sql
@@ -48,6 +49,22 @@ def set_schema(conn: psycopg.Connection[Any], schema: str) -> None:
 def run_schemas(conn: psycopg.Connection[Any]) -> list[str]:
     """The schemas of this database that hold an esper-es run."""
     return [r[0] for r in conn.execute(LIST_RUN_SCHEMAS).fetchall()]
+
+
+def run_locations(location: str) -> list[str]:
+    """A location for each run in the database `location` names (only its own where it names
+    a schema), in schema order."""
+    where = PgLocation.parse(location)
+    if where.schema is not None:
+        return [location]
+    conn = connect(where)
+    try:
+        with server_errors(where):
+            schemas = run_schemas(conn)
+    finally:
+        conn.close()
+    sep = "&" if urlsplit(location).query else "?"
+    return [f"{location}{sep}{urlencode({'schema': s})}" for s in schemas]
 
 
 def take_lock(conn: psycopg.Connection[Any], where: PgLocation) -> None:

@@ -173,6 +173,10 @@ class RunStore(Protocol):
         """The audit trail's lines, or None where this store keeps none."""
         ...
 
+    def storage_bytes(self) -> int:
+        """What the run occupies on its backend, in bytes (files, or tables and indexes)."""
+        ...
+
     def import_log(
         self,
         rows: Iterator[Row],

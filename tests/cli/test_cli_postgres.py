@@ -26,7 +26,7 @@ def test_train_then_replay_verify_history_inspect_report_on_postgres(
     assert run["db"] == pg_url and run["head_seq"] > 0
     verified = cli("verify", pg_url, "--json").json()
     assert verified["ok"] and verified["head_seq"] == run["head_seq"]
-    assert verified["audit_lines"] is None  # a PostgreSQL run keeps no sidecar trail
+    assert verified["audit_lines"] == run["head_seq"]  # its audit table: a line per event
     replayed = cli("replay", pg_url, "--json")
     assert replayed.code == 0, replayed.err
     assert replayed.json()["fingerprint"] == run["fingerprint"]
@@ -118,3 +118,39 @@ def test_no_password_reaches_output_or_errors(cli: Cli, pg_url: str) -> None:
     for r in results:
         assert SECRET not in r.out + r.err
     assert results[0].json()["db"] == pg_url.replace("postgresql:///", "postgresql://esper@/")
+
+
+def test_runs_lists_every_run_of_a_postgres_database(cli: Cli, sim_db: Path) -> None:
+    from pg_support import fresh_database
+
+    database = fresh_database()
+    for schema in ("first", "second"):
+        assert cli("copy", sim_db, f"{database}&schema={schema}").code == 0
+    other = psycopg_connect(database)
+    other.execute("CREATE SCHEMA notes")
+    other.execute("CREATE TABLE notes.events (x int)")  # not a run: no meta table
+    other.execute("CREATE SCHEMA broken")
+    other.execute("CREATE TABLE broken.events (x int)")
+    other.execute("CREATE TABLE broken.meta (key text, value text)")  # looks like one, is not
+    other.close()
+    listed = cli("runs", database, "--json")
+    assert listed.code == 0, listed.err
+    obj = listed.json()
+    assert sorted(r["path"].rpartition("schema=")[2] for r in obj["runs"]) == ["first", "second"]
+    assert [s["path"].rpartition("schema=")[2] for s in obj["skipped"]] == ["broken"]
+    for run in obj["runs"]:
+        assert run["backend"] == "postgresql" and run["bytes"] > 0
+        assert run["head_seq"] > 0 and run["status"] == "simulated"
+    table = cli("runs", database)
+    assert table.code == 0 and "schema=first" in table.out and "-- 2 runs in" in table.out
+    one = cli("runs", f"{database}&schema=second", "--json").json()
+    assert [r["path"].rpartition("schema=")[2] for r in one["runs"]] == ["second"]
+
+
+def psycopg_connect(url: str) -> Any:
+    """An autocommit connection to the database `url` names."""
+    import psycopg
+
+    from esper_es.store.pg_location import PgLocation
+
+    return psycopg.connect(PgLocation.parse(url).conninfo, autocommit=True)

@@ -117,7 +117,12 @@ class PostgresKit:
         return open_store(location, readonly=readonly)
 
     def forget_audit(self, location: str) -> None:
-        """Nothing to remove: a PostgreSQL run keeps no audit trail."""
+        """Drop the audit table, so the chain itself must catch an edit."""
+        conn = self._connect(location)
+        try:
+            conn.execute("DROP TABLE IF EXISTS audit")
+        finally:
+            conn.close()
 
     def _connect(self, location: str) -> Any:
         import psycopg
@@ -145,12 +150,12 @@ class PostgresKit:
         conn = self._connect(location)
         try:
             with conn.transaction():
-                for table in ("events", "blobs"):
-                    conn.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
+                for table in ("events", "blobs", "audit"):
+                    conn.execute(f"ALTER TABLE IF EXISTS {table} DISABLE TRIGGER USER")
                 yield Editor(conn, translate=True)
                 if restore_triggers:
-                    for table in ("events", "blobs"):
-                        conn.execute(f"ALTER TABLE {table} ENABLE TRIGGER USER")
+                    for table in ("events", "blobs", "audit"):
+                        conn.execute(f"ALTER TABLE IF EXISTS {table} ENABLE TRIGGER USER")
         finally:
             conn.close()
 

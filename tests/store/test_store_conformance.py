@@ -3,6 +3,7 @@ SQLite and PostgreSQL, through `RunStore` only (plus `store_kits` to edit behind
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -204,6 +205,26 @@ def test_an_existing_run_is_never_overwritten(kit: Kit, history: str) -> None:
 def test_an_untouched_history_verifies(history: str) -> None:
     report = verify(history)
     assert (report.events, report.run_id, report.blobs) == (HISTORY_LEN, RUN_ID, 1)
+
+
+def test_the_audit_trail_names_every_event_in_order(kit: Kit, history: str) -> None:
+    """One canonical line per event (a file beside SQLite, a table in PostgreSQL)."""
+    assert verify(history).audit_lines == HISTORY_LEN
+    with kit.open(history, readonly=True) as db:
+        lines = db.audit_lines()
+        assert lines is not None
+        logged = [json.loads(line) for line in lines]
+        rows = list(db.rows())
+    assert [(r["seq"], r["hash"], r["type"], r["run_id"]) for r in logged] == [
+        (row[0], row[-1], row[6], RUN_ID) for row in rows
+    ]
+
+
+def test_a_cut_tail_is_caught_by_the_audit_trail(kit: Kit, history: str) -> None:
+    """A chain cut at its end is still a valid chain: only the audit trail can tell."""
+    with kit.edit(history) as ed:
+        ed.execute("DELETE FROM events WHERE seq=?", (HISTORY_LEN,))
+    assert "removed from the end" in raises_at(history, HISTORY_LEN).reason
 
 
 def test_the_store_refuses_edits_itself(kit: Kit, history: str) -> None:
