@@ -24,10 +24,10 @@ from esper_es.errors import (
     TamperDetected,
 )
 from esper_es.store.appending import Prepared, event_ids, plan_append, prepare
-from esper_es.store.audit import AuditLines
 from esper_es.store.branching import BranchIndex
 from esper_es.store.chain import GENESIS
 from esper_es.store.encoding import COLUMN_NAMES, COLUMNS, decode_row
+from esper_es.store.pg_audit import PgAuditTable, write_rows
 from esper_es.store.pg_location import PgLocation
 from esper_es.store.pg_schema import (
     ALL_TRIGGERS,
@@ -53,8 +53,6 @@ _PAGE = 5_000  # rows per page of a read: one round trip per page, bounded memor
 _BLOB_PAGE = 64
 _INSERT = f"INSERT INTO events ({COLUMNS}) VALUES ({', '.join(['%s'] * len(COLUMN_NAMES))})"
 _COPY_EVENTS = f"COPY events ({COLUMNS}) FROM STDIN"
-_COPY_AUDIT = "COPY audit (seq, line) FROM STDIN"
-_COPY_FROM = 8  # rows from which COPY beats executemany (one round trip instead of n)
 
 
 class PostgresStore(BranchIndex):
@@ -78,8 +76,9 @@ class PostgresStore(BranchIndex):
         # The run's audit table, where it has one: every writer keeps it complete, whatever
         # `audit` it was opened with, since the lines are part of the run, not of the writer.
         has_audit = self._sql.has_table("audit")
-        self._audit = AuditLines(self.run_id) if has_audit and not readonly else None
-        self._has_audit = has_audit
+        self._audit = (
+            PgAuditTable(conn, self._mutex, self.run_id, writer=not readonly) if has_audit else None
+        )
 
     # --- opening ----------------------------------------------------------------------
 
@@ -284,19 +283,9 @@ class PostgresStore(BranchIndex):
 
     def _insert(self, rows: Sequence[Row]) -> None:
         with self._conn.cursor() as cur:
-            _write(cur, _INSERT, _COPY_EVENTS, rows)
+            write_rows(cur, _INSERT, _COPY_EVENTS, rows)
             if self._audit is not None:
-                self._write_audit(cur, rows)
-
-    def _write_audit(self, cur: psycopg.Cursor[Any], rows: Sequence[Row]) -> None:
-        # In the events' own transaction: the lines can never lag or lead the log.
-        assert self._audit is not None
-        _write(
-            cur,
-            "INSERT INTO audit (seq, line) VALUES (%s, %s)",
-            _COPY_AUDIT,
-            self._audit.render(rows),
-        )
+                self._audit.write(cur, rows)
 
     def _existing(self, ids: list[str]) -> dict[str, tuple[str, str, str, int]]:
         rows = self._conn.execute(
@@ -426,7 +415,7 @@ class PostgresStore(BranchIndex):
         with self._mutex:
             rows = self._conn.execute(ENABLED_TRIGGERS, (self.schema,)).fetchall()
         present = {r[0] for r in rows}
-        wanted = (*ALL_TRIGGERS, *AUDIT_TRIGGERS) if self._has_audit else ALL_TRIGGERS
+        wanted = ALL_TRIGGERS if self._audit is None else (*ALL_TRIGGERS, *AUDIT_TRIGGERS)
         return [t for t in wanted if t not in present]
 
     def check_storage(self) -> None:
@@ -434,23 +423,7 @@ class PostgresStore(BranchIndex):
 
     def audit_lines(self) -> Iterator[str] | None:
         """The lines of the run's `audit` table in seq order, or None where it has none."""
-        if not self._has_audit:
-            return None
-        return self._audit_pages()
-
-    def _audit_pages(self) -> Iterator[str]:
-        last = 0
-        while True:
-            with self._mutex:
-                page = self._conn.execute(
-                    "SELECT seq, line FROM audit WHERE seq > %s ORDER BY seq LIMIT %s",
-                    (last, _PAGE),
-                ).fetchall()
-            for _, line in page:
-                yield line
-            if len(page) < _PAGE:
-                return
-            last = page[-1][0]
+        return None if self._audit is None else self._audit.lines()
 
     def storage_bytes(self) -> int:
         """The run schema's tables with their indexes and TOAST, in bytes."""
@@ -483,8 +456,7 @@ class PostgresStore(BranchIndex):
             if self._audit is not None:
                 # New lines for the imported rows, as the SQLite side writes a new file: the
                 # trail says when this store received each event.
-                for page in _chunks(self._pages([], [], 1), _PAGE):
-                    self._write_audit(cur, page)
+                self._audit.write_all(cur, self._pages([], [], 1))
         self._versions.clear()
         self._head = None
         self._load_branches()
@@ -500,26 +472,3 @@ class PostgresStore(BranchIndex):
     def _require_writer(self) -> None:
         if self.readonly:
             raise PermissionError(f"{self.location} is open read-only")
-
-
-def _write(
-    cur: psycopg.Cursor[Any], insert: str, copy_sql: str, rows: Sequence[Sequence[Any]]
-) -> None:
-    """`rows` into a table: executemany for a few, COPY for more."""
-    if len(rows) < _COPY_FROM:
-        cur.executemany(insert, rows)
-        return
-    with cur.copy(copy_sql) as copy:
-        for row in rows:
-            copy.write_row(row)
-
-
-def _chunks(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
-    page: list[Row] = []
-    for row in rows:
-        page.append(row)
-        if len(page) >= size:
-            yield page
-            page = []
-    if page:
-        yield page
