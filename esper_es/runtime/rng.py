@@ -63,7 +63,7 @@ def _numpy_bytes() -> bytes:
     return canonical_bytes(
         {
             "bit_generator": state["bit_generator"],
-            "key": [int(k) for k in state["state"]["key"]],
+            "key": state["state"]["key"].tolist(),  # Python ints, as `int(k)` each
             "pos": int(state["state"]["pos"]),
             "has_gauss": int(state["has_gauss"]),
             "gauss": float(state["gauss"]),
@@ -131,7 +131,11 @@ def rng_digest(generators: Mapping[str, torch.Generator] | None = None) -> dict[
     Keys: `torch_cpu`, `python`, `numpy`, `generator:<name>` per given generator, and
     `torch_cuda:<i>` per device once CUDA is initialised.
     """
-    state = capture_rng_state(generators)
+    return digest_of(capture_rng_state(generators))
+
+
+def digest_of(state: Mapping[str, Any]) -> dict[str, str]:
+    """`rng_digest` of a `capture_rng_state` snapshot already taken."""
     out = {key: _sha(state[key]) for key in ("torch_cpu", "python", "numpy")}
     out.update({f"generator:{n}": _sha(b) for n, b in state["generators"].items()})
     for i, data in enumerate(state.get("torch_cuda", [])):

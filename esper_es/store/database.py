@@ -432,6 +432,20 @@ class RunDatabase(BranchIndex):
             return True
         return self._conn.execute("SELECT 1 FROM blobs WHERE key=?", (key,)).fetchone() is not None
 
+    def stored_blobs(self, keys: Sequence[str]) -> set[str]:
+        """Those of `keys` whose blobs are stored or staged, one query per 500 keys.
+
+        A snapshot asks this once for all its tensors instead of `has_blob` per tensor (B2).
+        """
+        found = {k for k in keys if k in self._staged}
+        rest = [k for k in dict.fromkeys(keys) if k not in found]
+        for i in range(0, len(rest), 500):
+            chunk = rest[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._conn.execute(f"SELECT key FROM blobs WHERE key IN ({marks})", chunk)
+            found.update(str(r[0]) for r in rows)
+        return found
+
     def get_blob(self, key: str) -> bytes:
         """The blob stored under `key`, checked against its hash."""
         staged = self._staged.get(key)

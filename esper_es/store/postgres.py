@@ -382,6 +382,16 @@ class PostgresStore(BranchIndex):
             row = self._conn.execute("SELECT 1 FROM blobs WHERE key = %s", (key,)).fetchone()
         return row is not None
 
+    def stored_blobs(self, keys: Sequence[str]) -> set[str]:
+        """Those of `keys` whose blobs are stored, in one query."""
+        if not keys:
+            return set()
+        with self._mutex:
+            rows = self._conn.execute(
+                "SELECT key FROM blobs WHERE key = ANY(%s)", (list(keys),)
+            ).fetchall()
+        return {str(r[0]) for r in rows}
+
     def get_blob(self, key: str) -> bytes:
         """The blob stored under `key`, checked against its hash."""
         with self._mutex:

@@ -152,6 +152,10 @@ class RunStore(Protocol):
         """Whether a blob with this key is stored."""
         ...
 
+    def stored_blobs(self, keys: Sequence[str]) -> set[str]:
+        """Those of `keys` whose blobs are stored (or staged), in one query."""
+        ...
+
     def get_blob(self, key: str) -> bytes:
         """The blob stored under `key`, checked against its hash."""
         ...

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from esper_es.core import events as ev
 from esper_es.nn.fingerprint import fingerprint_with_digests, optimizer_fingerprint
-from esper_es.runtime.rng import capture_rng_state, encode_rng_state, rng_digest
+from esper_es.runtime.rng import capture_rng_state, digest_of, encode_rng_state
 from esper_es.trainer.snapshots import write_snapshot
 
 if TYPE_CHECKING:
@@ -23,13 +23,15 @@ def checkpoint_event(
     taken at the same moment.
     """
     assert trainer.db is not None
+    # Captured once for the snapshot and the digests: nothing below draws from an RNG.
+    rng = capture_rng_state()
     key = None
     if snapshot and trainer.writes_snapshots:
         key = write_snapshot(
             trainer.db,
             model=trainer.model,
             optimizer=trainer.optimizer,
-            rng_state=encode_rng_state(capture_rng_state()),
+            rng_state=encode_rng_state(rng),
             position={"epoch": epoch, "step": trainer.step},
             extra=snapshot_extra(trainer, phase),
             grads={n: p.grad for n, p in trainer.model.named_parameters() if p.grad is not None},
@@ -42,7 +44,7 @@ def checkpoint_event(
         step=trainer.step,
         fingerprint=fingerprint,
         optimizer_fingerprint=optimizer_fingerprint(trainer.optimizer),
-        rng=rng_digest(),
+        rng=digest_of(rng),
         snapshot=key,
         tensors=tensors,
     )

@@ -45,27 +45,27 @@ class _Writer:
         self.new_blobs = 0
         self.new_bytes = 0
         self.total_bytes = 0
-
-        self.pending: dict[str, bytes] = {}
+        #: Every blob this snapshot names, by key; `flush` stores those not stored yet.
+        self.named: dict[str, bytes] = {}
 
     def blob(self, data: bytes) -> str:
         key = hashlib.sha256(data).hexdigest()
         self.total_bytes += len(data)
-        # Unchanged tensors are already stored; new ones are written together in `flush`,
-        # one transaction (one fsync) for the whole snapshot instead of one per tensor (B2).
-        if self.db is None:
-            return key
-        if key not in self.pending and not self.db.has_blob(key):
-            self.pending[key] = data
-            self.new_blobs += 1
-            self.new_bytes += len(data)
+        if self.db is not None:
+            self.named.setdefault(key, data)
         return key
 
     def flush(self) -> None:
-        if self.db is not None:
-            # Written with the commit that names them (`RunDatabase.stage_blobs`).
-            self.db.stage_blobs(list(self.pending.values()))
-        self.pending.clear()
+        if self.db is not None and self.named:
+            # Unchanged tensors are already stored: one query for all of them (not one per
+            # tensor), and the new ones are written together, in the transaction of the
+            # commit that names them (`RunDatabase.stage_blobs`): one fsync per snapshot (B2).
+            stored = self.db.stored_blobs(list(self.named))
+            new = [data for key, data in self.named.items() if key not in stored]
+            self.new_blobs = len(new)
+            self.new_bytes = sum(len(data) for data in new)
+            self.db.stage_blobs(new)
+        self.named.clear()
 
     def tensor(self, t: Tensor) -> dict[str, Any]:
         self.tensors += 1
@@ -79,7 +79,7 @@ class _Writer:
         """A JSON-able mirror of `value` with every tensor replaced by a blob reference."""
         if isinstance(value, Tensor):
             return {"tensor": self.tensor(value)}
-        if isinstance(value, Mapping):
+        if type(value) is dict or isinstance(value, Mapping):  # dict first: ABC checks are slow
             return {"map": [[self.value(k), self.value(v)] for k, v in value.items()]}
         if isinstance(value, list | tuple):
             return {"list": [self.value(v) for v in value]}

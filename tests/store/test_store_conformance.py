@@ -174,6 +174,15 @@ def test_blobs_are_content_addressed_and_checked(kit: Kit, store: RunStore) -> N
         store.get_blob("0" * 64)
 
 
+def test_stored_blobs_answers_for_many_keys_at_once(kit: Kit, store: RunStore) -> None:
+    stored = store.put_blobs([str(i).encode() for i in range(600)])  # past one query's 500 keys
+    staged = store.stage_blobs([b"staged"])[0]
+    absent = [f"{i:064x}" for i in range(3)]
+    keys = [*absent, *stored, staged, stored[0]]
+    assert store.stored_blobs(keys) == {*stored, staged}
+    assert store.stored_blobs([]) == set() and store.stored_blobs(absent) == set()
+
+
 # --- the single writer -----------------------------------------------------------------
 
 
