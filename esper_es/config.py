@@ -187,7 +187,11 @@ class RuntimeConfig:
     interop_threads: int = attrs.field(default=0, validator=_NON_NEGATIVE)
     """torch inter-op threads (0: leave as the process has it)."""
     deterministic: bool = attrs.field(default=True, validator=v.instance_of(bool))
-    """Deterministic algorithms and full-precision matmuls."""
+    """Deterministic algorithms and full-precision matmuls (and on CUDA, deterministic cuBLAS
+    and cuDNN with TF32 off)."""
+    device: str = attrs.field(default="cpu", validator=v.in_(("cpu", "cuda", "auto")))
+    """Where the run trains: `cpu`, `cuda` (each rank on `cuda:{LOCAL_RANK}`), or `auto` (CUDA
+    where available). A re-execution trains on the kind of device the run recorded."""
 
 
 @attrs.frozen(slots=True)

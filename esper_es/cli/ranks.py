@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import Any
 
 
 def run(args: argparse.Namespace) -> int:
@@ -22,27 +23,43 @@ def run(args: argparse.Namespace) -> int:
     if nproc is not None and nproc < 1:
         raise WorldSizeError(f"--nproc must be at least 1, got {nproc}")
     torchrun = "WORLD_SIZE" in os.environ
-    if nproc is None and args.command != "train" and not torchrun:
+    recorded = None if args.command == "train" else _recorded_run(args.db)
+    if nproc is None and recorded is not None and not torchrun:
         # Under torchrun the world is torchrun's; a re-execution refuses a different one.
-        nproc = _recorded_world_size(args.db)
+        nproc = int(recorded.get("world_size", 1))
     if nproc in (None, 1) and not torchrun:
         return int(args.func(args))
     from esper_es.trainer.launch import run_ranks, trainer_builder
 
     return run_ranks(
-        nproc, lambda: int(args.func(args)), trainer_builder(getattr(args, "factory", None))
+        nproc,
+        lambda: int(args.func(args)),
+        trainer_builder(getattr(args, "factory", None)),
+        device=_device(args, recorded),
     )
 
 
-def _recorded_world_size(db_path: str) -> int | None:
-    """The world size the run's `RunStarted` recorded (None if it cannot be read here)."""
+def _device(args: argparse.Namespace, recorded: dict[str, Any] | None) -> str:
+    """The kind of device the ranks train on: the run's recorded one, or the config's."""
+    if recorded is not None:
+        return str(recorded.get("environment", {}).get("device", "cpu"))
+    if args.command != "train":
+        return "cpu"  # the command itself reports what is wrong with the run
+    from esper_es.config import load_config
+    from esper_es.runtime.device import device_kind
+
+    return device_kind(load_config(args.config).runtime.device)
+
+
+def _recorded_run(db_path: str) -> dict[str, Any] | None:
+    """The run's `RunStarted` payload (None if it cannot be read here)."""
     from esper_es.errors import EsperError
     from esper_es.store.backends import open_store
 
     try:
         with open_store(db_path, readonly=True) as db:
             for rec in db.read(branch=None, types=["RunStarted"]):
-                return int(rec.payload.get("world_size", 1))
+                return dict(rec.payload)
     except (EsperError, OSError, ValueError):
         return None  # the command itself reports what is wrong with the file
     return None

@@ -46,6 +46,7 @@ from esper_es.replay.factory import (
 )
 from esper_es.replay.log import RecordedLog, count_id, step_of
 from esper_es.runtime import ranks
+from esper_es.runtime.device import recorded_device, to_device
 from esper_es.runtime.environment import apply_settings, check_environment
 from esper_es.runtime.rng import decode_rng_state, restore_rng_state, rng_digest
 from esper_es.store.protocol import RunStore
@@ -170,7 +171,9 @@ class Session:
         if self.env_differences and not allow_env_mismatch:
             raise EnvironmentMismatch(self.env_differences)
         factory = resolve_factory(self.started, factory)
-        self.trainer = trainer = factory(self.config, self.started.master_seed, db.location)
+        # On the kind of device the run recorded (`auto` may not pick another one here).
+        with recorded_device(str(self.started.environment.get("device", "cpu"))):
+            self.trainer = trainer = factory(self.config, self.started.master_seed, db.location)
         # The recorded `[library] path` is only read through the log (LibraryConsulted): live
         # outcomes go to a shared library only if the caller names one again.
         if library is not None:
@@ -242,7 +245,7 @@ class Session:
         restore_rng_state(decode_rng_state(snap["rng"]))
         grads = snap["grads"]
         for name, param in t.model.named_parameters():
-            param.grad = grads.get(name)
+            param.grad = to_device(grads.get(name), param.device)
         x, pos = snap["extra"], snap["position"]
         t.step, t.epoch = int(pos["step"]), int(pos["epoch"])
         t.train_loss_history = list(x["train_loss_history"])

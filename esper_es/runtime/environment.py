@@ -385,7 +385,12 @@ def check_environment(
     the result is empty. `current` defaults to this process, captured for the recorded device.
     """
     if current is None:
-        current = capture_environment(str(recorded.get("device", "cpu")))
+        device = str(recorded.get("device", "cpu"))
+        # A CUDA run where CUDA is absent: this process's CPU environment, whose `device`
+        # (and CUDA fields) differ, so the refusal names them.
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            device = "cpu"
+        current = capture_environment(device)
     differences = compare_environments(recorded, current, ignore)
     if differences and not override:
         raise EnvironmentMismatch(differences)

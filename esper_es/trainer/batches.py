@@ -7,19 +7,31 @@ batches; see `esper_es.trainer.loop.TrainData`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from esper_es.runtime.data import batches as tensor_batches
 from esper_es.runtime.data import num_batches
+from esper_es.runtime.device import to_device
 
 Batch = Any
 
 
 def _tensors(data: Any) -> bool:
     return isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], Tensor)
+
+
+def on_device(data: Any, device: torch.device) -> Any:
+    """`(x, y)` tensor data moved to `device` once; other data as is (see `placed`)."""
+    return to_device(data, device) if _tensors(data) else data
+
+
+def placed(batches: Iterable[Batch], device: torch.device) -> Iterator[Batch]:
+    """`batches`, each on `device` as it is taken (a no-op for tensors already there)."""
+    return (to_device(b, device) for b in batches)
 
 
 def steps_per_epoch(train_data: Any, batch_size: int) -> int:

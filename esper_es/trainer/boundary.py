@@ -52,7 +52,7 @@ def start_boundary(t: Trainer) -> None:
             master_seed=t.master_seed,
             config=t.config.to_dict(),
             dataset_fingerprint=t.dataset_fingerprint,
-            environment=capture_environment(),
+            environment=capture_environment(t.device),
             host=t.host_source,
             initial_weights=t.initial_weights,
             world_size=1 if t.ranks is None else t.ranks.world_size,

@@ -56,6 +56,7 @@ from esper_es.errors import ConfigError, RanksDisagree
 from esper_es.nn.fingerprint import model_fingerprint, optimizer_fingerprint
 from esper_es.runtime import ranks
 from esper_es.runtime.data import num_batches
+from esper_es.runtime.device import to_device
 from esper_es.runtime.ranks import RankGroup
 from esper_es.runtime.rng import (
     capture_rng_state,
@@ -140,9 +141,10 @@ class RankHooks:
         """This rank's batches of `epoch` (see `shard_batches`)."""
         t = self.trainer
         size = t.config.train.batch_size
-        return shard_batches(
+        mine = shard_batches(
             t.train_data, size, t.master_seed, epoch, self.group.rank, self.world_size
         )
+        return list(batching.placed(mine, t.device))
 
     def steps_per_epoch(self) -> int:
         """Each rank's steps per epoch."""
@@ -212,7 +214,10 @@ class Leader(RankHooks):
     def boot(self) -> None:
         """Have every follower build this run's trainer, from rank 0's state."""
         t = self.trainer
-        self._send("boot", config=t.config.to_dict(), master_seed=t.master_seed, host=t.host_source)
+        self._send(
+            "boot", config=t.config.to_dict(), master_seed=t.master_seed, host=t.host_source,
+            device=t.device.type,
+        )  # fmt: skip
         self.send_state()
 
     def send_state(self) -> None:
@@ -313,11 +318,11 @@ class Follower(RankHooks):
 
     def _load_state(self, header: dict[str, Any], blob: bytes) -> None:
         t = self.trainer
-        state = torch.load(io.BytesIO(blob), weights_only=True)
+        state = torch.load(io.BytesIO(blob), weights_only=True, map_location=t.device)
         t.model.load_state_dict(state["model"])
         t.optimizer.load_state_dict(state["optimizer"])
         grads = state["grads"]
         for name, param in t.model.named_parameters():
-            param.grad = grads.get(name)
+            param.grad = to_device(grads.get(name), param.device)
         restore_rng_state(decode_rng_state(base64.b64decode(header["rng"])))
         t.step, t.epoch = int(header["step"]), int(header["epoch"])

@@ -24,6 +24,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,15 +38,20 @@ if TYPE_CHECKING:
     from esper_es.trainer.loop import Trainer
 
 
-def run_ranks(nproc: int | None, lead: Callable[[], int], build: TrainerBuilder) -> int:
-    """Run `lead` as rank 0 of `nproc` ranks (or of torchrun's world); its exit code."""
+def run_ranks(
+    nproc: int | None, lead: Callable[[], int], build: TrainerBuilder, device: str = "cpu"
+) -> int:
+    """Run `lead` as rank 0 of `nproc` ranks (or of torchrun's world); its exit code.
+
+    `device` is the kind the run trains on: "cuda" makes an NCCL group, one GPU per rank.
+    """
     world = ranks.torchrun_world()
     if world is not None:
         rank, size = world
         if nproc is not None and nproc != size:
             raise WorldSizeError(f"--nproc {nproc} differs from torchrun's WORLD_SIZE {size}")
         if size > 1:
-            group = RankGroup.initialize(rank, size)
+            group = RankGroup.initialize(rank, size, device=device)
             return _lead(group, lead) if rank == 0 else _follow(group, build)
     if nproc is None or nproc <= 1:
         return lead()
@@ -59,13 +65,16 @@ def run_ranks(nproc: int | None, lead: Callable[[], int], build: TrainerBuilder)
                 code = 1
                 try:
                     signal.signal(signal.SIGINT, signal.SIG_IGN)
-                    code = _follow(RankGroup.initialize(rank, nproc, init_method=init), build)
+                    # Forked ranks share this machine: each its own GPU (`resolve_device`).
+                    os.environ["LOCAL_RANK"] = str(rank)
+                    group = RankGroup.initialize(rank, nproc, init_method=init, device=device)
+                    code = _follow(group, build)
                 finally:
                     sys.stdout.flush()
                     sys.stderr.flush()
                     os._exit(code)
             children.append(pid)
-        code = _lead(RankGroup.initialize(0, nproc, init_method=init), lead)
+        code = _lead(RankGroup.initialize(0, nproc, init_method=init, device=device), lead)
     finally:
         codes = [_wait(pid) for pid in children]
         shutil.rmtree(rendezvous, ignore_errors=True)
@@ -84,6 +93,7 @@ def trainer_builder(factory: str | None = None) -> TrainerBuilder:
         from esper_es.config import config_from_dict
         from esper_es.core import events as ev
         from esper_es.replay.factory import resolve_factory, run_factory
+        from esper_es.runtime.device import recorded_device
 
         seed = int(boot["master_seed"])
         if factory:
@@ -91,7 +101,9 @@ def trainer_builder(factory: str | None = None) -> TrainerBuilder:
         else:
             started = ev.RunStarted(run_id="", master_seed=seed, config={}, host=boot["host"])
             make = resolve_factory(started)
-        return make(config_from_dict(boot["config"]), seed, Path(os.devnull))
+        # On rank 0's kind of device, whatever `auto` would pick here.
+        with recorded_device(boot.get("device")):
+            return make(config_from_dict(boot["config"]), seed, Path(os.devnull))
 
     return build
 
@@ -119,5 +131,10 @@ def _follow(group: RankGroup, build: TrainerBuilder) -> int:
     except EsperError as exc:
         print(f"esper-es (rank {group.rank}): {exc}", file=sys.stderr)
         return exc.exit_code
+    except Exception:
+        # A bug, not a user error: the follower exits with `os._exit`, which would lose it.
+        print(f"esper-es (rank {group.rank}): unexpected error", file=sys.stderr)
+        traceback.print_exc()
+        return 1
     finally:
         group.close()

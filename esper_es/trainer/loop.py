@@ -55,6 +55,7 @@ from esper_es.nn.telemetry import SeedTelemetry
 from esper_es.orchestrator import SeedOrchestrator
 from esper_es.policy import fitting as policy
 from esper_es.policy.learned import controller_for as default_controller
+from esper_es.runtime.device import to_device, training_device
 from esper_es.runtime.dynamo_free import defer_dynamo_import
 from esper_es.runtime.environment import configure_determinism, pin_threads
 from esper_es.store.backends import create_store, is_postgres
@@ -139,13 +140,15 @@ class Trainer:
         self.master_seed = int(master_seed)
         #: A file path, or a `postgresql://` URL (kept as text: a Path would mangle it).
         self.db_path: str | Path = db_path if is_postgres(db_path) else Path(db_path)
+        #: Where the model, its kernels, the batches and the optimizer state live.
+        self.device = training_device(config.runtime.device, config.runtime.deterministic)
         self.loss_fn = loss_fn
         self.metric_fn = metric_fn
         #: Validation's loss and metric from one forward pass (`evaluation.evaluate`), if known.
         self.loss_and_metric = loss_and_metric
-        self.train_data = train_data
-        self.val_data = val_data
-        self.example_input = example_input
+        self.train_data = batching.on_device(train_data, self.device)
+        self.val_data = batching.on_device(val_data, self.device)
+        self.example_input = to_device(example_input, self.device)
         self.dataset_fingerprint = dataset_fingerprint
         self.progress = progress
         self.on_step = on_step
@@ -155,7 +158,8 @@ class Trainer:
         self.controller: Controller | None = controller
         check_kernel_config(config.seeds.kernel_config, "seeds.kernel_config")
         self._configure_runtime()
-        self.model = host
+        # Built on the CPU from its seeds, then moved: the same initial bits on every device.
+        self.model = host.to(self.device)
         self.layers: dict[str, SeedLayer] = self._place(host)
         host_params = list(host.parameters())
         factory = optimizer_factory or default_optimizer(config)
@@ -243,7 +247,7 @@ class Trainer:
         if isinstance(self.val_data, tuple) and len(self.val_data) == 2:
             x, y = self.val_data
             return (x[:n], y[:n])
-        return next(iter(self.val_data))
+        return to_device(next(iter(self.val_data)), self.device)
 
     def neg_loss(self, model: nn.Module, batch: Batch) -> float:
         """The contribution metric: minus the task loss (higher is better, continuous)."""
@@ -281,11 +285,13 @@ class Trainer:
         if self.ranks is not None:
             return iter(self.ranks.epoch_batches(epoch))
         size = self.config.train.batch_size
-        return batching.epoch_batches(self.train_data, size, self.master_seed, epoch)
+        walk = batching.epoch_batches(self.train_data, size, self.master_seed, epoch)
+        return batching.placed(walk, self.device)
 
     def evaluate(self) -> tuple[float, float | None]:
         """(mean validation loss, mean validation metric), without side effects."""
         val = batching.val_batches(self.val_data, self.config.train.val_batch_size)
+        val = batching.placed(val, self.device)
         return evaluation.evaluate(
             self.model, val, self.loss_fn, self.metric_fn, self.loss_and_metric
         )
