@@ -220,8 +220,8 @@ class ControllerConfig:
     max_grad_norm_ratio: float = attrs.field(default=10.0, validator=v.gt(0.0))
     """A seed's gradient-norm ratio above this (or non-finite) is unhealthy (REPLACE)."""
     specialize_spread: float = attrs.field(default=0.01, validator=v.ge(0.0))
-    """Measured active seeds whose contributions differ by at least this are specialised
-    (0: never)."""
+    """A measured active seed this far below the layer's best measured kernel (active or
+    fossilized) is specialised away (0: never)."""
     ensemble_similarity: float = attrs.field(default=0.01, validator=v.ge(0.0))
     """On a plateau, a layer whose kernel-holding seeds all contribute (> 0) within this of
     each other is grown by ENSEMBLE (every dormant slot) rather than DIVERSIFY."""
@@ -245,10 +245,10 @@ class HeuristicController:
     2. **Underperforming**: an active seed with measured contribution below
        `underperform_contribution`, while another fitting blueprint kind exists →
        `optimize_parameters` (REPLACE): its kernel is swapped in its own slot.
-    3. **Uneven contributions**: two or more measured active seeds whose contributions spread
-       by at least `specialize_spread`, the best paying (> 0) → `remove_seed` (SPECIALIZE):
-       keep the seeds within `specialize_spread` of the best, cull the rest, raise the kept
-       seeds' blend targets to 1.
+    3. **Uneven contributions**: a measured active seed at least `specialize_spread` below
+       the layer's best measured kernel (active or fossilized), which pays (> 0) →
+       `remove_seed` (SPECIALIZE) naming exactly those weak seeds: they are culled, the best
+       remaining active seed's blend target raised to 1; unmeasured seeds are left alone.
     4. **Plateau** (at most one layer per call, the first with dormant slots): the validation
        loss improved by less than `plateau_threshold` (relative) over the last
        `plateau_window` evaluations, or, within the epoch, the mean training loss of the last
@@ -388,32 +388,44 @@ class HeuristicController:
                 "kernels in their own slots",
                 digest,
             )
-        measured = [
-            s for s in active if s.contribution is not None and math.isfinite(s.contribution)
-        ]
-        if len(measured) >= 2 and cfg.specialize_spread > 0.0:
-            values = [float(s.contribution or 0.0) for s in measured]
-            hi, lo = max(values), min(values)
-            if hi > 0.0 and hi - lo >= cfg.specialize_spread:
-                keep = sorted(
-                    (
-                        s
-                        for s in measured
-                        if float(s.contribution or 0.0) >= hi - cfg.specialize_spread
-                    ),
-                    key=lambda s: s.seed,
-                )
-                listed = ", ".join(f"{s.seed} {s.contribution:+.4g}" for s in measured)
-                return _decision(
-                    layer,
-                    "remove_seed",
-                    {"keep": len(keep)},
-                    f"active seeds' contributions are uneven ({listed}: spread "
-                    f"{hi - lo:.4g} >= {cfg.specialize_spread:g}); keep "
-                    f"{', '.join(s.seed for s in keep)}, cull the rest",
-                    digest,
-                )
-        return None
+        return self._specialize(layer, active, digest)
+
+    def _specialize(
+        self, layer: LayerTelemetry, active: tuple[SeedTelemetryView, ...], digest: str
+    ) -> AdaptationDecision | None:
+        """Rule 3: cull the measured active seeds far below the layer's best measured kernel.
+
+        The best may be fossilized: a layer's seeds mostly pass EVALUATING to FOSSILIZED one
+        at a time, so a kept kernel is what a newly measured one is usually weighed against.
+        """
+        cfg = self.config
+        if cfg.specialize_spread <= 0.0:
+            return None
+        measured = [s for s in active if _measured(s)]
+        kept = [s for s in layer.seeds if s.stage == _FOSSILIZED and _measured(s)]
+        pool = measured + kept
+        if not measured or len(pool) < 2:
+            return None
+        hi = max(float(s.contribution or 0.0) for s in pool)
+        lo = min(float(s.contribution or 0.0) for s in measured)
+        weak = [s for s in measured if hi - float(s.contribution or 0.0) >= cfg.specialize_spread]
+        if hi <= 0.0 or not weak:
+            return None
+        best = [s for s in pool if s not in weak]
+        listed = ", ".join(f"{s.seed} {s.contribution:+.4g} ({s.stage})" for s in pool)
+        return _decision(
+            layer,
+            "remove_seed",
+            {"seeds": [s.seed for s in weak], "keep": max(1, len(best) - len(kept))},
+            f"contributions in {layer.name} are uneven ({listed}: spread {hi - lo:.4g} >= "
+            f"{cfg.specialize_spread:g}); keep {', '.join(s.seed for s in best)}, cull "
+            f"{', '.join(s.seed for s in weak)}",
+            digest,
+        )
+
+
+def _measured(s: SeedTelemetryView) -> bool:
+    return s.contribution is not None and math.isfinite(s.contribution)
 
 
 def _flat(pair: Any, threshold: float) -> tuple[float, float, float] | None:

@@ -14,7 +14,7 @@ What each strategy reads (see `strategies.py`); every strategy also reads `strat
 |---|---|
 | diversify | `num_seeds` (integer >= 1) |
 | replace | `num_replace` (integer >= 1), `seeds` (a list of this layer's seed ids) |
-| specialize | `keep` (integer >= 1), `target` (number in [0, 1]) |
+| specialize | `keep` (integer >= 1), `target` (number in [0, 1]), `seeds` (seed ids, as replace) |
 | ensemble | `target` (number in [0, 1], or null for 1/n) |
 """
 
@@ -41,7 +41,7 @@ _COMMON: Final = frozenset({"strategy", "blueprint", "blueprints"})
 PARAMETERS: Final[Mapping[Strategy, frozenset[str]]] = {
     Strategy.DIVERSIFY: frozenset({"num_seeds"}),
     Strategy.REPLACE: frozenset({"num_replace", "seeds"}),
-    Strategy.SPECIALIZE: frozenset({"keep", "target"}),
+    Strategy.SPECIALIZE: frozenset({"keep", "target", "seeds"}),
     Strategy.ENSEMBLE: frozenset({"target"}),
 }
 

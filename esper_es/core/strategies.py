@@ -14,7 +14,9 @@ on meanwhile) is recorded by the command bus as `CommandRefused`, never forced.
   its own), the release and the germination, in that order at one boundary. Other seeds are
   left untouched (SPEC §4: "in their place").
 - SPECIALIZE (`remove_seed`): keep the best-scoring active seeds (`keep`, default 1), raise
-  their blend targets (`target`, default 1.0); remove the other active seeds.
+  their blend targets (`target`, default 1.0); remove the other active seeds, or exactly
+  `seeds` when named (the best `keep` of the remaining active seeds are raised). Fossilized
+  seeds are always kept.
 - ENSEMBLE (`modify_architecture`): germinate every dormant slot, cycling through the ranked
   kinds (inactive kinds first), and give every non-fossilized kernel-holding seed the same
   blend target: `target`, or 1/n over those seeds and the new ones.
@@ -229,6 +231,17 @@ class _Planner:
             return
         self.commands.append(c.SetBlendTarget(target=target, **self.base(s.seed)))
 
+    def named_seeds(self, named: Sequence[Any]) -> list[SeedState]:
+        """The layer's seeds with the ids in `named`, in that order."""
+        by_id = {s.seed: s for s in self.seeds}
+        out = []
+        for sid in named:
+            s = by_id.get(str(sid))
+            if s is None:
+                raise InvalidDecision(f"seed {sid!r} is not in layer {self.layer.name!r}")
+            out.append(s)
+        return out
+
     def ranked_seeds(self, seeds: list[SeedState], best_first: bool) -> list[SeedState]:
         sign = -1.0 if best_first else 1.0
         return sorted(seeds, key=lambda s: (sign * self._score(s), s.seed))
@@ -262,13 +275,7 @@ class _Planner:
         named = self.params.get("seeds")
         active = self.active()
         if named is not None:
-            by_id = {s.seed: s for s in self.seeds}
-            victims = []
-            for sid in named:
-                s = by_id.get(str(sid))
-                if s is None:
-                    raise InvalidDecision(f"seed {sid!r} is not in layer {self.layer.name!r}")
-                victims.append(s)
+            victims = self.named_seeds(named)
         else:
             k = _int_param(self.params, "num_replace", 1, 1)
             victims = self.ranked_seeds(active, best_first=False)[:k]
@@ -304,12 +311,19 @@ class _Planner:
         target = _target_param(self.params, 1.0)
         assert target is not None
         active = self.ranked_seeds(self.active(), best_first=True)
-        if not active:
+        named = self.params.get("seeds")
+        if named is not None:
+            # Exactly these go; the best `keep` of the other active seeds are raised.
+            rest = self.named_seeds(named)
+            gone = {s.seed for s in rest}
+            active = [s for s in active if s.seed not in gone]
+        elif not active:
             self.notes.append(f"layer {self.layer.name} has no active seed to specialize")
             return
+        else:
+            rest = active[keep:]
         for s in active[:keep]:
             self.set_target(s, target)
-        rest = active[keep:]
         for s in rest:
             self.remove(s, f"score {self._score(s):.4g} below the kept seeds")
         if not rest:

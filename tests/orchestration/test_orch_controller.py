@@ -81,8 +81,33 @@ def test_uneven_contributions_specialize() -> None:
         seed(1, Stage.FINE_TUNING, blueprint="conv3x3", alpha=1.0, contribution=0.01),
     )
     (d,) = HeuristicController().decide(t)
-    assert d.adaptation_type == "remove_seed" and d.parameters == {"keep": 1}
-    assert "keep layer1/0" in d.reason and "layer1/1 +0.01" in d.reason
+    assert d.adaptation_type == "remove_seed"
+    assert d.parameters == {"seeds": ["layer1/1"], "keep": 1}
+    assert "keep layer1/0" in d.reason and "layer1/1 +0.01 (FINE_TUNING)" in d.reason
+
+
+def test_a_measured_seed_far_below_a_fossilized_one_is_specialized_away() -> None:
+    t = telemetry(
+        seed(0, Stage.FOSSILIZED, blueprint="conv3x3", alpha=1.0, contribution=0.30),
+        seed(1, Stage.FINE_TUNING, blueprint="norm", alpha=1.0, contribution=0.004),
+        seed(2, Stage.TRAINING, blueprint="depthwise"),
+    )
+    (d,) = HeuristicController().decide(t)
+    assert d.adaptation_type == "remove_seed"
+    # Only the measured weak seed goes: the young unmeasured one is left to its gates.
+    assert d.parameters == {"seeds": ["layer1/1"], "keep": 1}
+    assert "layer1/0 +0.3 (FOSSILIZED)" in d.reason and "cull layer1/1" in d.reason
+    # Within the spread of the fossilized kernel: nothing to consolidate.
+    close = telemetry(
+        seed(0, Stage.FOSSILIZED, blueprint="conv3x3", alpha=1.0, contribution=0.30),
+        seed(1, Stage.FINE_TUNING, blueprint="norm", alpha=1.0, contribution=0.295),
+    )
+    assert HeuristicController().decide(close) == []
+    # A fossilized kernel alone is never specialized.
+    alone = telemetry(
+        seed(0, Stage.FOSSILIZED, blueprint="conv3x3", alpha=1.0, contribution=0.30), seed(1)
+    )
+    assert HeuristicController().decide(alone) == []
 
 
 def test_uneven_contributions_with_none_paying_do_not_specialize() -> None:

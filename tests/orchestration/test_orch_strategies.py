@@ -211,6 +211,29 @@ def test_specialize_keeps_the_best_raises_its_target_and_removes_the_rest(
     }
 
 
+def test_specialize_with_named_seeds_removes_exactly_those(make_run: MakeRun) -> None:
+    run = make_run({L: 4})
+    run.put("layer1/0", Stage.FOSSILIZED, "conv3x3")
+    run.put("layer1/1", Stage.FINE_TUNING, "depthwise")
+    run.put("layer1/2", Stage.TRAINING, "norm")
+    stats = {
+        "layer1/0": SeedStats(seed="layer1/0", contribution=0.30),
+        "layer1/1": SeedStats(seed="layer1/1", contribution=0.004),
+        "layer1/2": SeedStats(seed="layer1/2", improvement=0.5),
+    }
+    ok, d = run.orchestrator().apply_architecture_modification_sync(
+        None, decision("remove_seed", seeds=["layer1/1"]), stats=stats
+    )
+    assert ok and [(p["type"], p["seed"]) for p in d["plan"]] == [("CullSeed", "layer1/1")]
+    assert "layer1/2 already has blend target 1" in d["notes"]
+    assert stages(run) == {
+        "layer1/0": Stage.FOSSILIZED,
+        "layer1/1": Stage.CULLED,
+        "layer1/2": Stage.TRAINING,  # young and unmeasured: left to its gates
+        "layer1/3": Stage.DORMANT,
+    }
+
+
 def test_ensemble_fills_every_dormant_slot_and_sets_equal_targets(make_run: MakeRun) -> None:
     run = make_run({L: 4})
     run.put("layer1/0", Stage.GRAFTING, "conv3x3")
