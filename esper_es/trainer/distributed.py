@@ -15,6 +15,9 @@ order, over one broadcast message channel (`esper_es.runtime.ranks`):
   wired and again when training starts (after a snapshot was restored): a follower starts
   from exactly rank 0's state whatever its host's own initialisation did.
 - `step`: train one step on this rank's shard (`shard_batches`) of the same epoch position.
+- `evaluate`: validation; every rank evaluates its part of the validation data
+  (`shard_val_batches`) and the loss and metric sums are all-reduced, so the ranks share the
+  work rank 0 would otherwise do alone while the others wait.
 - `check`: at every `Checkpointed`, all ranks gather digests of their model, optimizer and
   RNG states; a rank that differs from rank 0 stops every rank with `RanksDisagree` naming
   it, before rank 0 records the checkpoint.
@@ -67,6 +70,7 @@ from esper_es.runtime.rng import (
     rng_digest,
 )
 from esper_es.trainer import batches as batching
+from esper_es.trainer import evaluation
 
 if TYPE_CHECKING:
     from esper_es.trainer.loop import Trainer
@@ -98,6 +102,16 @@ def shard_batches(
         return [(x[i], y[i]) for i in torch.split(mine, batch_size)]
     every = list(batching.epoch_batches(train_data, batch_size, master_seed, epoch))
     return every[rank : len(every) // world * world : world]
+
+
+def shard_val_batches(val_data: Any, batch_size: int, rank: int, world: int) -> list[Batch]:
+    """Rank `rank`'s part of the validation data: a contiguous `world`-th of the examples
+    (every example in exactly one rank's part), or every `world`-th batch of other data."""
+    if _tensors(val_data):
+        x, y = val_data
+        lo, hi = len(x) * rank // world, len(x) * (rank + 1) // world
+        return list(batching.val_batches((x[lo:hi], y[lo:hi]), batch_size))
+    return list(batching.val_batches(val_data, batch_size))[rank::world]
 
 
 def shard_steps(train_data: Any, batch_size: int, world: int) -> int:
@@ -159,6 +173,20 @@ class RankHooks:
         buffers = [b for b in model.buffers() if b.is_floating_point()]
         self.group.all_reduce_mean([*grads, value, *buffers])
         return value[0]
+
+    def evaluate(self) -> tuple[float, float | None]:
+        """Validation on every rank's part at once; the means over the whole validation set."""
+        t = self.trainer
+        mine = shard_val_batches(
+            t.val_data, t.config.train.val_batch_size, self.group.rank, self.world_size
+        )
+        sums = evaluation.evaluation_sums(
+            t.model, batching.placed(mine, t.device), t.loss_fn, t.metric_fn, t.loss_and_metric
+        )
+        both = torch.tensor(sums, dtype=torch.float64)
+        self.group.all_reduce_mean([both])
+        loss_sum, metric_sum, total = (float(v) for v in both)
+        return evaluation.means(loss_sum, metric_sum, total, t.metric_fn is not None)
 
     def reduce_pair(self, pair: tuple[float, float]) -> tuple[float, float]:
         """Seed telemetry measured on every shard, averaged."""
@@ -237,6 +265,11 @@ class Leader(RankHooks):
         t = self.trainer
         self._send("step", epoch=epoch, index=index, step=t.step, telemetry=t.measures_telemetry)
 
+    def evaluate(self) -> tuple[float, float | None]:
+        """Have every follower validate its part with rank 0 (`RankHooks.evaluate`)."""
+        self._send("evaluate")
+        return super().evaluate()
+
     def agree(self, fingerprint: str | None = None) -> None:
         """At a `Checkpointed`: every rank's state must be rank 0's (`RanksDisagree`)."""
         t = self.trainer
@@ -305,6 +338,8 @@ class Follower(RankHooks):
             t.step = int(header["step"])
             t.measures_telemetry = bool(header["telemetry"])
             t._train_step(self._batch(int(header["epoch"]), int(header["index"])))
+        elif op == "evaluate":
+            self.evaluate()
         elif op == "check":
             t.step = int(header["step"])
             self._compare(_state_digests(t), t.step)

@@ -290,6 +290,8 @@ class Trainer:
 
     def evaluate(self) -> tuple[float, float | None]:
         """(mean validation loss, mean validation metric), without side effects."""
+        if self.ranks is not None:
+            return self.ranks.evaluate()
         val = batching.val_batches(self.val_data, self.config.train.val_batch_size)
         val = batching.placed(val, self.device)
         return evaluation.evaluate(
