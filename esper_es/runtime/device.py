@@ -77,8 +77,11 @@ def resolve_device(wanted: str, local_rank: int | None = None) -> torch.device:
 def training_device(wanted: str, deterministic: bool) -> torch.device:
     """`resolve_device`, with `cuda_determinism` in force before anything touches a GPU."""
     device = resolve_device(wanted)
-    if device.type == "cuda" and deterministic:
-        cuda_determinism()
+    if device.type == "cuda":
+        if deterministic:
+            cuda_determinism()
+        # The current device is the one this process's CUDA RNG state is taken from.
+        torch.cuda.set_device(device)
     return device
 
 

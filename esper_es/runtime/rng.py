@@ -81,7 +81,9 @@ def capture_rng_state(generators: Mapping[str, torch.Generator] | None = None) -
         "generators": {name: _generator_bytes(g) for name, g in sorted((generators or {}).items())},
     }
     if torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
-        state["torch_cuda"] = [bytes(s.numpy().tobytes()) for s in torch.cuda.get_rng_state_all()]
+        # This process's GPU only: a rank of a data-parallel run trains on one device, and
+        # every rank must hold (and compare) the same state, as for the CPU generator.
+        state["torch_cuda"] = [bytes(torch.cuda.get_rng_state().numpy().tobytes())]
     return state
 
 
@@ -118,7 +120,7 @@ def restore_rng_state(
     for name, g in (generators or {}).items():
         g.set_state(_byte_tensor(saved[name]))
     if "torch_cuda" in state:
-        torch.cuda.set_rng_state_all([_byte_tensor(s) for s in state["torch_cuda"]])
+        torch.cuda.set_rng_state(_byte_tensor(state["torch_cuda"][0]))
 
 
 def _sha(data: bytes) -> str:
@@ -129,7 +131,7 @@ def rng_digest(generators: Mapping[str, torch.Generator] | None = None) -> dict[
     """Digests of every RNG state for `Checkpointed`: `{component: "sha256:…"}`.
 
     Keys: `torch_cpu`, `python`, `numpy`, `generator:<name>` per given generator, and
-    `torch_cuda:<i>` per device once CUDA is initialised.
+    `torch_cuda:0` (this process's GPU) once CUDA is initialised.
     """
     return digest_of(capture_rng_state(generators))
 

@@ -119,3 +119,27 @@ def test_to_device_moves_every_tensor_of_a_batch_and_keeps_the_rest() -> None:
     # Already there: the very same tensor, no copy.
     assert dev.to_device(x, torch.device("cpu")) is x
     assert dev.to_device(None, meta) is None
+
+
+def test_the_cuda_rng_state_is_this_processs_gpu_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each rank trains on one GPU and every rank must hold rank 0's state: the state of the
+    # current device is captured and restored, never every visible GPU's (which would make
+    # contexts on all of them and compare GPUs a rank never uses).
+    from esper_es.runtime import rng
+
+    state = torch.arange(16, dtype=torch.uint8)
+    restored: list[torch.Tensor] = []
+
+    def every_gpu() -> None:
+        raise AssertionError("every GPU's state was asked for")
+
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda: state)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", every_gpu)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s: restored.append(s))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", every_gpu)
+    captured = rng.capture_rng_state()
+    assert captured["torch_cuda"] == [bytes(range(16))]
+    assert list(rng.digest_of(captured)) == ["torch_cpu", "python", "numpy", "torch_cuda:0"]
+    rng.restore_rng_state(captured)
+    assert [bytes(t.numpy().tobytes()) for t in restored] == [bytes(range(16))]
