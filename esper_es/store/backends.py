@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from esper_es.store.pg_location import describe, is_postgres
+from esper_es.store.pg_location import describe, is_postgres, refuse_mistyped_url
 from esper_es.store.protocol import RunStore
 
 __all__ = ["create_store", "describe", "is_postgres", "open_store", "run_locations"]
@@ -16,6 +16,7 @@ __all__ = ["create_store", "describe", "is_postgres", "open_store", "run_locatio
 
 def run_locations(database: str) -> list[str]:
     """The runs of a PostgreSQL database (`postgresql://…`), one openable location each."""
+    refuse_mistyped_url(database)
     from esper_es.store.pg_session import run_locations as pg_runs
 
     return pg_runs(database)
@@ -25,6 +26,7 @@ def open_store(
     location: str | os.PathLike[str], *, readonly: bool = False, audit: bool = True
 ) -> RunStore:
     """Open an existing run: for writing (one writer at a time) or read-only."""
+    refuse_mistyped_url(location)
     if is_postgres(location):
         from esper_es.store.postgres import PostgresStore
 
@@ -36,6 +38,7 @@ def open_store(
 
 def create_store(location: str | os.PathLike[str], run_id: str, *, audit: bool = True) -> RunStore:
     """Create a new, empty run at `location` and open it for writing."""
+    refuse_mistyped_url(location)
     if is_postgres(location):
         from esper_es.store.postgres import PostgresStore
 

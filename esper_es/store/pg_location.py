@@ -96,6 +96,18 @@ def check_schema_name(name: str) -> None:
         raise NotARunDatabase(f"schema {name!r}", "the name is reserved by PostgreSQL")
 
 
+def refuse_mistyped_url(location: str | os.PathLike[str]) -> None:
+    """NotARunDatabase for `postgresql:/…` or `postgres:host/…`, which would otherwise name an
+    SQLite file in a folder called `postgresql:` (what a missing slash used to create)."""
+    text = str(location)
+    scheme, colon, _ = text.partition(":")
+    if colon and scheme.lower() in ("postgresql", "postgres") and not is_postgres(text):
+        # Nothing after the scheme is shown: it may hold a password.
+        raise NotARunDatabase(
+            f"{scheme}:…", "a PostgreSQL URL starts with postgresql:// (lower case, two slashes)"
+        )
+
+
 def describe(location: str | os.PathLike[str]) -> str:
     """`location` as people may see it: a URL loses its password; a path is itself."""
     if is_postgres(location):

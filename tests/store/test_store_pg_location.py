@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from esper_es.errors import NotARunDatabase
@@ -43,3 +45,19 @@ def test_paths_are_not_urls() -> None:
 def test_unusable_schema_names_are_refused(name: str) -> None:
     with pytest.raises(NotARunDatabase):
         PgLocation.parse(f"postgresql://h/db?schema={name}")
+
+
+@pytest.mark.parametrize(
+    "typo", ["postgresql:/db?schema=a", "postgres:me:pw@host/db", "POSTGRESQL:///x"]
+)
+def test_a_url_missing_a_slash_is_refused_not_made_a_file(
+    typo: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from esper_es.store.backends import create_store, open_store
+
+    monkeypatch.chdir(tmp_path)
+    for call in (lambda: create_store(typo, "r"), lambda: open_store(typo)):
+        with pytest.raises(NotARunDatabase, match="two slashes") as info:
+            call()
+        assert "pw" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []
