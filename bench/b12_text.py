@@ -6,6 +6,10 @@ closes at least half of the gap between the narrow static host and the wide one
 ((static narrow - seeded) / (static narrow - static wide) >= 0.5), at <= 50 % of the wide
 host's parameters. Also per strategy: decisions and how often they paid.
 
+A fourth variant bounds what residual kernels can add: the narrow host with one more block
+(`n_blocks` + 1), static, i.e. a block-sized residual branch present from the first step. It
+is a control, not part of the target.
+
     .venv/bin/python bench/b12_text.py [--seeds 0 1 2]
 """
 
@@ -31,13 +35,15 @@ from bench._growth import (
 from esper_es.config import RunConfig, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
-NAMES = ("seeded (narrow)", "static (narrow)", "static (2x wide)")
+NAMES = ("seeded (narrow)", "static (narrow)", "static (2x wide)", "static (narrow, +1 block)")
 
 
 def variant(base: RunConfig, name: str) -> tuple[RunConfig, bool]:
     """The config of a variant and whether it runs the controller."""
     if name == NAMES[0]:
         return base, True
+    if name == NAMES[3]:
+        return static(base, lambda h: attrs.evolve(h, n_blocks=h.n_blocks + 1)), False
     d = base.host.d_model * (1 if name == NAMES[1] else 2)
     return static(base, lambda h: attrs.evolve(h, d_model=d)), False
 
@@ -59,8 +65,12 @@ def main() -> int:
     for name in NAMES:
         rows.append(variant_row(name, results[name], lambda r: r.val_loss, 1, "", "", 4, wide))
     table(["variant", "mean val. loss", "std", "per seed", "parameters", "max ÷ wide"], rows)
-    seeded, narrow, wide_loss = (mean([r.val_loss for r in results[n]]) for n in NAMES)
-    closed = (narrow - seeded) / (narrow - wide_loss) if narrow != wide_loss else float("nan")
+    seeded, narrow, wide_loss, deeper = (mean([r.val_loss for r in results[n]]) for n in NAMES)
+
+    def closes(loss: float) -> float:
+        return (narrow - loss) / (narrow - wide_loss) if narrow != wide_loss else float("nan")
+
+    closed = closes(seeded)
     most = max(r.parameters for r in results[NAMES[0]]) / wide
 
     def met(ok: bool) -> str:
@@ -68,6 +78,7 @@ def main() -> int:
 
     print(f"\ntarget: closes >= half of the gap ({closed:.2f}: {met(closed >= 0.5)}), at <= 50 % "
           f"of the wide host's parameters ({100 * most:.1f} %: {met(most <= 0.5)})")  # fmt: skip
+    print(f"control: one more block, static, closes {closes(deeper):.2f} of the gap")
     print(f"\nfossilized seeds per seeded run: {fossilized(results[NAMES[0]])}\n")
     table(["strategy", "decisions", "outcomes measured", "paid", "summed contribution"],
           strategy_rows(results[NAMES[0]]))  # fmt: skip
