@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 
 from esper_es.store.audit import AuditLines
+from esper_es.store.pg_session import keyset_pages
 from esper_es.store.protocol import Row
 
 _COPY_FROM = 8  # rows from which COPY beats executemany (one round trip instead of n)
@@ -64,15 +65,6 @@ class PgAuditTable:
 
     def lines(self) -> Iterator[str]:
         """Every line in seq order, paged through the primary key."""
-        last = 0
-        while True:
-            with self._mutex:
-                page = self._conn.execute(
-                    "SELECT seq, line FROM audit WHERE seq > %s ORDER BY seq LIMIT %s",
-                    (last, _PAGE),
-                ).fetchall()
-            for _, line in page:
-                yield line
-            if len(page) < _PAGE:
-                return
-            last = page[-1][0]
+        query = "SELECT seq, line FROM audit WHERE seq > %s ORDER BY seq LIMIT %s"
+        for _, line in keyset_pages(self._conn, self._mutex, query, 0, _PAGE):
+            yield line

@@ -51,6 +51,21 @@ def run_schemas(conn: psycopg.Connection[Any]) -> list[str]:
     return [r[0] for r in conn.execute(LIST_RUN_SCHEMAS).fetchall()]
 
 
+def keyset_pages(
+    conn: psycopg.Connection[Any], mutex: threading.RLock, query: str, first: Any, size: int
+) -> Iterator[tuple[Any, ...]]:
+    """Every row of `query` (`… WHERE key > %s ORDER BY key LIMIT %s`, key first), a page of
+    `size` at a time: range scans that hold no cursor open across the caller's own queries."""
+    last = first
+    while True:
+        with mutex:
+            page = conn.execute(query, (last, size)).fetchall()
+        yield from page
+        if len(page) < size:
+            return
+        last = page[-1][0]
+
+
 def run_locations(location: str) -> list[str]:
     """A location for each run in the database `location` names (only its own where it names
     a schema), in schema order."""

@@ -40,6 +40,7 @@ from esper_es.store.pg_session import (
     PgSession,
     check_format,
     connect,
+    keyset_pages,
     pick_schema,
     prepare_schema,
     server_errors,
@@ -405,18 +406,9 @@ class PostgresStore(BranchIndex):
 
     def blob_rows(self) -> Iterator[tuple[str, int, bytes]]:
         """Every stored blob as `(key, size, data)` in key order, unchecked."""
-        last = ""
-        while True:
-            with self._mutex:
-                page = self._conn.execute(
-                    "SELECT key, size, data FROM blobs WHERE key > %s ORDER BY key LIMIT %s",
-                    (last, _BLOB_PAGE),
-                ).fetchall()
-            for key, size, data in page:
-                yield key, int(size), bytes(data)
-            if len(page) < _BLOB_PAGE:
-                return
-            last = page[-1][0]
+        query = "SELECT key, size, data FROM blobs WHERE key > %s ORDER BY key LIMIT %s"
+        for key, size, data in keyset_pages(self._conn, self._mutex, query, "", _BLOB_PAGE):
+            yield key, int(size), bytes(data)
 
     # --- what verify and copy need ----------------------------------------------------
 
