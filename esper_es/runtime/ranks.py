@@ -6,7 +6,8 @@ flat tensors:
 
 - `send` / `receive`: rank 0 broadcasts a message (a JSON header and an optional binary part)
   to every other rank. A message whose header fits `HEADER_BYTES` costs one broadcast (the
-  common case: one per step); a longer one, a second.
+  common case: one per step); a longer one, a second. Ranks with the shared reduction (below)
+  send it over its sockets instead, one write per follower.
 - `all_reduce_mean`: sums tensors across ranks in one flat bucket per dtype and divides by the
   world size. Every rank ends with the same bits (gloo and NCCL ring all-reduce finish with
   the reduced chunks copied to all ranks), and the same world size sums in the same order
@@ -174,6 +175,9 @@ class RankGroup:
         first[8:16] = len(blob).to_bytes(8, "little")
         head = body[: HEADER_BYTES - _LENGTHS]
         first[_LENGTHS : _LENGTHS + len(head)] = head
+        if self.shared is not None:
+            self.shared.send(bytes(first[:_LENGTHS]) + body)
+            return
         self._broadcast(torch.frombuffer(first, dtype=torch.uint8))
         rest = body[len(head) :]
         if rest:
@@ -181,6 +185,11 @@ class RankGroup:
 
     def receive(self) -> tuple[dict[str, Any], bytes]:
         """Any other rank: the next message rank 0 sent, as `(header, blob)`."""
+        if self.shared is not None:
+            raw = self.shared.receive()
+            n_text = int.from_bytes(raw[0:8], "little")
+            header: dict[str, Any] = json.loads(raw[_LENGTHS : _LENGTHS + n_text].decode("utf-8"))
+            return header, raw[_LENGTHS + n_text :]
         first = torch.empty(HEADER_BYTES, dtype=torch.uint8)
         self._broadcast(first)
         raw = first.numpy().tobytes()
@@ -192,7 +201,7 @@ class RankGroup:
             rest = torch.empty(missing, dtype=torch.uint8)
             self._broadcast(rest)
             body += rest.numpy().tobytes()
-        header: dict[str, Any] = json.loads(body[:n_text].decode("utf-8"))
+        header = json.loads(body[:n_text].decode("utf-8"))
         return header, body[n_text:]
 
     def _broadcast(self, tensor: Tensor) -> None:

@@ -22,6 +22,12 @@ through the kernel.
 - **Two sets of slots**, used by alternate calls: a rank writes call `g`'s set only after
   every rank passed call `g - 1`'s barrier, which every rank reaches only after it finished
   reading call `g - 2`'s slots, the same set. So one barrier a call suffices.
+- **Rank 0's messages** (`send` / `receive`, the per-step message of
+  `esper_es.trainer.distributed`) go over the same sockets instead of a gloo broadcast: a
+  follower starts its step as soon as the bytes arrive, without waking gloo's threads. The
+  stream from rank 0 then carries messages and barrier bytes interleaved, in the order both
+  ends do them, which is the same on every rank (the ranks run the same protocol in
+  lockstep, as collectives require anyway).
 - **The sum is in rank order**, `((s0 + s1) + s2) + ...`, the same on every rank, so every
   rank ends with the same bits. With 2 ranks each element is one addition, `s0 + s1`, which
   is what gloo's all-reduce computes (floating-point addition commutes): the same bits as
@@ -200,6 +206,34 @@ class SharedReduce:
                 t.copy_(total[offset : offset + n].view_as(t))
                 offset += n
 
+    def send(self, message: bytes) -> None:
+        """Rank 0: `message` to every other rank."""
+        frame = struct.pack("<q", len(message)) + message
+        for peer, sock in self._peers.items():
+            try:
+                sock.sendall(frame)
+            except OSError as exc:
+                raise self._lost(peer, exc, "broadcast") from exc
+
+    def receive(self) -> bytes:
+        """Any other rank: rank 0's next message."""
+        (n,) = struct.unpack("<q", self._read(0, 8, "broadcast"))
+        return self._read(0, n, "broadcast")
+
+    def _read(self, peer: int, n: int, what: str) -> bytes:
+        out = bytearray(n)
+        view, got = memoryview(out), 0
+        sock = self._peers[peer]
+        while got < n:
+            try:
+                k = sock.recv_into(view[got:])
+            except OSError as exc:
+                raise self._lost(peer, exc, what) from exc
+            if k == 0:
+                raise self._lost(peer, None, what)
+            got += k
+        return bytes(out)
+
     def _slot(self, parity: int, rank: int) -> Tensor:
         assert self._bytes is not None
         start = (parity * self.world_size + rank) * self._capacity
@@ -233,19 +267,14 @@ class SharedReduce:
                 sock.sendall(b"\1")
             except OSError as exc:
                 raise self._lost(peer, exc) from exc
-        for peer, sock in self._peers.items():
-            try:
-                got = sock.recv(1)
-            except OSError as exc:
-                raise self._lost(peer, exc) from exc
-            if not got:
-                raise self._lost(peer, None)
+        for peer in self._peers:
+            self._read(peer, 1, "all_reduce")
 
-    def _lost(self, peer: int, exc: OSError | None) -> RankLost:
+    def _lost(self, peer: int, exc: OSError | None, what: str = "all_reduce") -> RankLost:
         if isinstance(exc, TimeoutError):
-            why = f"rank {peer} did not reach the gradient reduction in time"
+            why = f"rank {peer} did not answer in time"
         elif exc is None:
-            why = f"rank {peer} is gone: its end of the reduction closed"
+            why = f"rank {peer} is gone: its end of the socket closed"
         else:
             why = f"rank {peer} is gone: {exc}"
-        return RankLost(self.rank, self.world_size, f"all_reduce: {why}")
+        return RankLost(self.rank, self.world_size, f"{what}: {why}")

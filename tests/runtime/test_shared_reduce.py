@@ -40,10 +40,12 @@ def test_every_rank_gets_the_rank_order_sum_and_two_ranks_get_gloos_bits(
 ) -> None:
     codes, reports = _ranks("bits", world, tmp_path)
     assert codes == [0] * (world - 1) and len(reports) == world
+    assert sum("messages" in r for r in reports) == world - 1
     for report in reports:
         assert report["shared"]
         # Three calls, the second growing the segment past its first capacity.
         assert report["rank_order"] == [True, True, True]
+        assert report.get("messages", [True, True]) == [True, True]
         if world == 2:
             # One addition an element: gloo's bits, so the run records plain `gloo`.
             assert report["gloo"] == [True, True, True]
