@@ -133,9 +133,19 @@ class RankGroup:
             backend, init_method=init_method, rank=rank, world_size=world_size, timeout=TIMEOUT
         )
         group = cls(rank, world_size, backend, device)
-        if local_reduction(backend, world_size, local, recorded_backend):
+        if backend == "gloo" and group._all_agree(
+            local_reduction(backend, world_size, local, recorded_backend)
+        ):
             group.shared = group._connect_shared()
         return group
+
+    def _all_agree(self, mine: bool) -> bool:
+        # Every rank must take the same path (a rank of a torchrun world may see another
+        # node's count, or not read the run's record): shared only if every rank can.
+        flag = torch.tensor([int(mine)], dtype=torch.int32)
+        with self._collective("all_reduce"):
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
 
     def _connect_shared(self) -> SharedReduce:
         # Rank 0's random token names every rank's listening socket: ranks of another run on
