@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -31,8 +31,25 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+#: dtypes numpy holds natively: a CPU tensor of one of these is read through `.numpy()`.
+_NUMPY_DTYPES = frozenset(
+    {
+        torch.float16, torch.float32, torch.float64, torch.complex64, torch.complex128,
+        torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool,
+    }
+)  # fmt: skip
+_LITTLE = sys.byteorder == "little"
+
+
 def tensor_bytes(t: Tensor) -> bytes:
     """The tensor's contiguous CPU bytes, little-endian."""
+    if _LITTLE and t.is_cpu and t.dtype in _NUMPY_DTYPES:
+        # The same bytes as below in ~1 µs instead of ~4 (a checkpoint reads ~80 tensors, B2);
+        # a tensor numpy cannot view (a conjugate or negative bit) takes the general path.
+        try:
+            return t.detach().contiguous().numpy().tobytes()
+        except (RuntimeError, TypeError):
+            pass
     flat = t.detach().to("cpu").contiguous().reshape(-1)
     if sys.byteorder != "little" and flat.element_size() > 1:
         # Reverse each element's bytes; the spec fixes little-endian whatever the machine.
@@ -41,18 +58,39 @@ def tensor_bytes(t: Tensor) -> bytes:
     return bytes(flat.view(torch.uint8).numpy().tobytes())
 
 
+#: How a caller reads a tensor's bytes (`tensor_bytes`, or a `TensorBytes` memo of it).
+BytesOf = Callable[[Tensor], bytes]
+
+
+class TensorBytes:
+    """`tensor_bytes` remembered per tensor object, for work that reads a tensor twice.
+
+    A checkpoint reads the optimizer's state for its fingerprint and for the snapshot, and
+    the model's for both too: with one memo for the whole checkpoint each is read once. Only
+    valid while the tensors do not change (one checkpoint); it keeps them alive, so an id is
+    never reused within it.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[int, tuple[Tensor, bytes]] = {}
+
+    def __call__(self, t: Tensor) -> bytes:
+        hit = self._seen.get(id(t))
+        if hit is not None:
+            return hit[1]
+        data = tensor_bytes(t)
+        self._seen[id(t)] = (t, data)
+        return data
+
+
 def _update(h: Any, key: str, dtype: str, shape: Iterable[int], data: bytes) -> None:
-    h.update(key.encode("utf-8"))
-    h.update(b"\0")
-    h.update(dtype.encode("utf-8"))
-    h.update(b"\0")
-    h.update(",".join(str(int(d)) for d in shape).encode("ascii"))
-    h.update(b"\0")
+    # One update for the record's header (the same bytes hashed as four separate ones).
+    h.update(f"{key}\0{dtype}\0{','.join(str(int(d)) for d in shape)}\0".encode())
     h.update(data)
 
 
-def _update_tensor(h: Any, key: str, t: Tensor) -> None:
-    _update(h, key, dtype_name(t.dtype), t.shape, tensor_bytes(t))
+def _update_tensor(h: Any, key: str, t: Tensor, data: BytesOf = tensor_bytes) -> None:
+    _update(h, key, dtype_name(t.dtype), t.shape, data(t))
 
 
 def state_dict_fingerprint(state: Mapping[str, Any]) -> str:
@@ -66,7 +104,9 @@ def state_dict_fingerprint(state: Mapping[str, Any]) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def fingerprint_with_digests(state: Mapping[str, Tensor]) -> tuple[str, dict[str, str]]:
+def fingerprint_with_digests(
+    state: Mapping[str, Tensor], data: BytesOf = tensor_bytes
+) -> tuple[str, dict[str, str]]:
     """The state dict's fingerprint and each entry's own, reading every tensor's bytes once.
 
     A checkpoint records both (the per-entry digests let a diverging replay name the tensors
@@ -78,10 +118,10 @@ def fingerprint_with_digests(state: Mapping[str, Tensor]) -> tuple[str, dict[str
         t = state[key]
         if not isinstance(t, Tensor):
             raise TypeError(f"state_dict entry {key!r} is a {type(t).__name__}, not a tensor")
-        data, dtype = tensor_bytes(t), dtype_name(t.dtype)
+        raw, dtype = data(t), dtype_name(t.dtype)
         one = hashlib.sha256()
-        _update(one, key, dtype, t.shape, data)
-        _update(whole, key, dtype, t.shape, data)
+        _update(one, key, dtype, t.shape, raw)
+        _update(whole, key, dtype, t.shape, raw)
         each[key] = "sha256:" + one.hexdigest()
     return "sha256:" + whole.hexdigest(), each
 
@@ -103,9 +143,16 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
-def optimizer_fingerprint(optimizer: torch.optim.Optimizer) -> str:
-    """Fingerprint of an optimizer's hyperparameters and state (scheme in the module doc)."""
-    sd = optimizer.state_dict()
+def optimizer_fingerprint(
+    optimizer: torch.optim.Optimizer,
+    data: BytesOf = tensor_bytes,
+    state_dict: Mapping[str, Any] | None = None,
+) -> str:
+    """Fingerprint of an optimizer's hyperparameters and state (scheme in the module doc).
+
+    `state_dict`: `optimizer.state_dict()` when the caller already took it.
+    """
+    sd = optimizer.state_dict() if state_dict is None else state_dict
     h = hashlib.sha256()
     _update(h, "param_groups", "json", (), canonical_bytes(_jsonable(sd["param_groups"])))
     state: Mapping[Any, Mapping[str, Any]] = sd["state"]
@@ -114,7 +161,7 @@ def optimizer_fingerprint(optimizer: torch.optim.Optimizer) -> str:
             value = state[pid][name]
             key = f"state/{pid}/{name}"
             if isinstance(value, Tensor):
-                _update_tensor(h, key, value)
+                _update_tensor(h, key, value, data)
             else:
                 _update(h, key, "json", (), canonical_bytes(_jsonable(value)))
     return "sha256:" + h.hexdigest()

@@ -10,7 +10,6 @@ file read-only and never take it. File handling lives in `sqlite_files`, the app
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import sqlite3
 import threading
@@ -26,6 +25,7 @@ from esper_es.store.appending import Prepared, event_ids, plan_append, prepare
 from esper_es.store.audit import AuditTrail
 from esper_es.store.branching import BranchIndex
 from esper_es.store.chain import GENESIS
+from esper_es.store.commit_writer import BackgroundCommits, CommitWriter
 from esper_es.store.encoding import COLUMNS, decode_row
 from esper_es.store.encoding import encode as _encode
 from esper_es.store.protocol import Row
@@ -38,6 +38,7 @@ from esper_es.store.records import (
     Branch,
     now_iso,
 )
+from esper_es.store.sqlite_blobs import SqliteBlobs
 from esper_es.store.sqlite_files import (
     INSERT_EVENTS,
     SqliteSession,
@@ -79,7 +80,7 @@ __all__ = [
 _ID_CHUNK = 900  # ids per `IN (...)` query, well under SQLite's variable limit
 
 
-class RunDatabase(BranchIndex):
+class RunDatabase(BackgroundCommits, SqliteBlobs, BranchIndex):
     """The SQLite run store: one file per run (the default backend of `RunStore`)."""
 
     backend = "sqlite"
@@ -96,7 +97,12 @@ class RunDatabase(BranchIndex):
         self.path = path
         self.location = str(path)
         self.readonly = readonly
-        self._conn = conn
+        #: The connection itself; everything but the background commit uses `_conn`.
+        self._c: sqlite3.Connection | None = conn
+        #: Runs commits in the background once `commit_in_background` is called.
+        self._writer: CommitWriter | None = None
+        #: `(head before, branch, rows)` of the latest append (`appended_after`).
+        self._last_append: tuple[int, str, list[Row]] | None = None
         self.db = sqlite_utils.Database(conn)
         self._lock_fd = lock_fd
         self._audit = audit
@@ -108,7 +114,7 @@ class RunDatabase(BranchIndex):
         self.run_id: str = meta["run_id"]
         self._versions: dict[tuple[str, str], int] = {}
         self._load_branches()
-        self._sql = SqliteSession(conn, self._mutex, readonly=readonly)
+        self._sql = SqliteSession(conn, self._mutex, readonly=readonly, settle=self._settle)
 
     # --- opening ----------------------------------------------------------------------
 
@@ -182,23 +188,39 @@ class RunDatabase(BranchIndex):
             raise
 
     def close(self) -> None:
-        """Checkpoint the WAL into the main file, close, and release the writer lock."""
+        """Checkpoint the WAL into the main file, close, and release the writer lock.
+
+        Waits for a commit in flight first; its error, if nobody has seen it yet, is raised
+        once the file is closed and the lock released.
+        """
+        failure: BaseException | None = None
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            try:
+                writer.close()
+            except BaseException as exc:
+                failure = exc
         with self._mutex:
-            if self._conn is None:
+            conn = self._c
+            if conn is None:
                 return
-            if not self.readonly:
-                if self._staged:
-                    with transaction(self._conn):
-                        self._write_staged()
-                    self._staged.clear()
-                with contextlib.suppress(sqlite3.Error):
-                    self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            self._conn.close()
-            self._conn = None  # type: ignore[assignment]
-            if self._audit is not None:
-                self._audit.close()
-            release_writer_lock(self._lock_fd, self.path)
-            self._lock_fd = None
+            try:
+                if not self.readonly:
+                    if self._staged and failure is None:
+                        with transaction(conn):
+                            self._write_staged(conn)
+                        self._staged.clear()
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                conn.close()
+                self._c = None
+                if self._audit is not None:
+                    self._audit.close()
+                release_writer_lock(self._lock_fd, self.path)
+                self._lock_fd = None
+        if failure is not None:
+            raise failure
 
     def __enter__(self) -> RunDatabase:
         return self
@@ -303,27 +325,41 @@ class RunDatabase(BranchIndex):
         self, prepared: Prepared, branch: str, *, look_up_ids: bool
     ) -> list[AppendResult]:
         conn = self._conn
+        if self._writer is not None:
+            return self._append_in_background(conn, prepared, branch)
         with transaction(conn):
             # The unique index on event_id refuses a stored id anyway; looking ids up first
             # (~1.5 µs an event) is only needed to tell an acknowledgement from a conflict.
-            rows, results, new_versions = plan_append(
-                prepared,
-                branch=branch,
-                run_id=self.run_id,
-                head=self.head(),
-                version_of=lambda stream: self.stream_version(stream, branch),
-                known=self._existing(event_ids(prepared)) if look_up_ids else {},
-                recorded_at=now_iso(),
-            )
+            head = self.head()
+            rows, results, new_versions = self._plan(prepared, branch, head, look_up_ids)
             if rows:
                 conn.executemany(INSERT_EVENTS, rows)
-            self._write_staged()
+            self._write_staged(conn)
         self._staged.clear()
+        self._committed(branch, head[0], rows, new_versions)
+        return results
+
+    def _plan(
+        self, prepared: Prepared, branch: str, head: tuple[int, str], look_up_ids: bool
+    ) -> tuple[list[Row], list[AppendResult], dict[str, int]]:
+        return plan_append(
+            prepared,
+            branch=branch,
+            run_id=self.run_id,
+            head=head,
+            version_of=lambda stream: self.stream_version(stream, branch),
+            known=self._existing(event_ids(prepared)) if look_up_ids else {},
+            recorded_at=now_iso(),
+        )
+
+    def _committed(
+        self, branch: str, head: int, rows: list[Row], new_versions: dict[str, int]
+    ) -> None:
+        self._last_append = (head, branch, rows)
         for stream, version in new_versions.items():
             self._versions[(branch, stream)] = version
         if self._audit is not None and rows:
             self._audit.record(rows)
-        return results
 
     def _existing(self, ids: list[str]) -> dict[str, tuple[str, str, str, int]]:
         found: dict[str, tuple[str, str, str, int]] = {}
@@ -374,91 +410,6 @@ class RunDatabase(BranchIndex):
         for row in self._conn.execute(sql, args):
             yield decode_row(row)
 
-    # --- blobs ------------------------------------------------------------------------
-
-    def put_blob(self, data: bytes) -> str:
-        """Store `data` under its SHA-256 (hex), once however often put; return the key."""
-        self._require_writer()
-        key = hashlib.sha256(data).hexdigest()
-        with self._mutex, transaction(self._conn):
-            self._conn.execute(
-                "INSERT OR IGNORE INTO blobs (key, size, data) VALUES (?,?,?)",
-                (key, len(data), data),
-            )
-            self._write_staged()
-        self._staged.clear()
-        return key
-
-    def put_blobs(self, blobs: Sequence[bytes]) -> list[str]:
-        """Store several blobs in one transaction (one fsync); returns their keys in order."""
-        self._require_writer()
-        rows = [(hashlib.sha256(b).hexdigest(), len(b), b) for b in blobs]
-        if rows:
-            with self._mutex, transaction(self._conn):
-                self._conn.executemany(
-                    "INSERT OR IGNORE INTO blobs (key, size, data) VALUES (?,?,?)", rows
-                )
-                self._write_staged()
-            self._staged.clear()
-        return [r[0] for r in rows]
-
-    def stage_blobs(self, blobs: Sequence[bytes]) -> list[str]:
-        """Store blobs with the next append (or blob write, or `close`); returns their keys.
-
-        For a snapshot and the `Checkpointed` that names it: one transaction, one fsync, where
-        two were (B2). Until then this connection reads them (`has_blob`, `get_blob`); other
-        readers see them with the events that name them, never before; a crash before that
-        write loses them with whatever would have named them.
-        """
-        self._require_writer()
-        keys = []
-        with self._mutex:
-            for b in blobs:
-                key = hashlib.sha256(b).hexdigest()
-                self._staged[key] = bytes(b)
-                keys.append(key)
-        return keys
-
-    def _write_staged(self) -> None:
-        if self._staged:
-            self._conn.executemany(
-                "INSERT OR IGNORE INTO blobs (key, size, data) VALUES (?,?,?)",
-                [(k, len(b), b) for k, b in self._staged.items()],
-            )
-
-    def has_blob(self, key: str) -> bool:
-        """Whether a blob with this key is stored (or staged on this connection)."""
-        if key in self._staged:
-            return True
-        return self._conn.execute("SELECT 1 FROM blobs WHERE key=?", (key,)).fetchone() is not None
-
-    def stored_blobs(self, keys: Sequence[str]) -> set[str]:
-        """Those of `keys` whose blobs are stored or staged, one query per 500 keys.
-
-        A snapshot asks this once for all its tensors instead of `has_blob` per tensor (B2).
-        """
-        found = {k for k in keys if k in self._staged}
-        rest = [k for k in dict.fromkeys(keys) if k not in found]
-        for i in range(0, len(rest), 500):
-            chunk = rest[i : i + 500]
-            marks = ",".join("?" * len(chunk))
-            rows = self._conn.execute(f"SELECT key FROM blobs WHERE key IN ({marks})", chunk)
-            found.update(str(r[0]) for r in rows)
-        return found
-
-    def get_blob(self, key: str) -> bytes:
-        """The blob stored under `key`, checked against its hash."""
-        staged = self._staged.get(key)
-        if staged is not None:
-            return staged
-        row = self._conn.execute("SELECT data FROM blobs WHERE key=?", (key,)).fetchone()
-        if row is None:
-            raise KeyError(f"no blob {key}")
-        data = bytes(row[0])
-        if hashlib.sha256(data).hexdigest() != key:
-            raise TamperDetected(None, f"blob {key} does not match its hash")
-        return data
-
     # --- what verify and copy read ---------------------------------------------------
 
     @property
@@ -505,6 +456,7 @@ class RunDatabase(BranchIndex):
 
     def audit_lines(self) -> Iterator[str] | None:
         """The lines of `<db>.audit.jsonl`, or None when there is no trail."""
+        self._settle()  # the commit in flight writes its lines
         trail = audit_path(self.path)
         if not trail.exists():
             return None
@@ -512,6 +464,7 @@ class RunDatabase(BranchIndex):
 
     def storage_bytes(self) -> int:
         """The database file, its write-ahead log and its audit trail, in bytes."""
+        self._settle()
         total = 0
         for path in (
             self.path,
@@ -544,6 +497,7 @@ class RunDatabase(BranchIndex):
                     batch = []
             self._audit.record(batch)
         self._versions.clear()
+        self._last_append = None
         self._load_branches()
 
     # --- helpers ----------------------------------------------------------------------

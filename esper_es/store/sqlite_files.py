@@ -12,7 +12,7 @@ import fcntl
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +84,11 @@ def transaction(conn: sqlite3.Connection) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        conn.execute("ROLLBACK")
+        # SQLite has already rolled back after some errors (SQLITE_FULL): a second ROLLBACK
+        # would fail and hide the error that matters.
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
 
@@ -361,10 +365,25 @@ def check_file_end(conn: sqlite3.Connection, path: Path) -> None:
 class SqliteSession:
     """`SqlSession` on the run file's connection (SQLite reads `?` placeholders natively)."""
 
-    def __init__(self, conn: sqlite3.Connection, mutex: threading.RLock, *, readonly: bool) -> None:
-        self._conn = conn
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        mutex: threading.RLock,
+        *,
+        readonly: bool,
+        settle: Callable[[], None] | None = None,
+    ) -> None:
+        self._connection = conn
         self._mutex = mutex
         self.readonly = readonly
+        #: Called before each use: the run store waits for its commit in flight there.
+        self._settle = settle
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        if self._settle is not None:
+            self._settle()
+        return self._connection
 
     def query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Rows of a read-only statement."""

@@ -28,12 +28,30 @@ from esper_es.core import events as ev
 from esper_es.core.lr_schedule import lr_factor
 from esper_es.policy import fitting as policy
 from esper_es.runtime.environment import capture_environment
+from esper_es.store.backends import create_store
+from esper_es.store.protocol import RunStore
 from esper_es.trainer.checkpoints import checkpoint_event
 from esper_es.trainer.initial_weights import record_initial_weights
 from esper_es.trainer.telemetry import LiveProbe
 
 if TYPE_CHECKING:
     from esper_es.trainer.loop import Trainer
+
+
+def open_store(t: Trainer) -> RunStore:
+    """Create the run's store; an SQLite one commits in the background from then on.
+
+    Each boundary's commit then overlaps the steps after it (B2): the rows are planned
+    (seqs, hashes) before the hand-off, the boundary projects its events from them, and the
+    next use of the store (the next boundary's checkpoint, `close`) waits for the commit and
+    raises its error. A crash in between loses that boundary only, which `resume` re-executes
+    deterministically (why this is safe: `esper_es.store.commit_writer`).
+    """
+    db = create_store(t.db_path, t.run_id)
+    background = getattr(db, "commit_in_background", None)
+    if background is not None:
+        background()
+    return db
 
 
 def start_boundary(t: Trainer) -> None:
@@ -248,7 +266,13 @@ def project(t: Trainer, to_seq: int | None = None) -> None:
     """Apply the branch's events after the projector's position (up to `to_seq`)."""
     assert t.db is not None and t.bus is not None
     after = t.projector.last_seq
-    for rec in t.db.read(from_seq=after + 1, to_seq=to_seq, branch=t.bus.branch):
+    # The boundary's own events, from the rows its commit wrote (not read back: the commit
+    # may still be in flight, `open_store`); any other range is read from the store.
+    appended = getattr(t.db, "appended_after", None)
+    records = appended(after, t.bus.branch) if appended is not None and to_seq is None else None
+    if records is None:
+        records = t.db.read(from_seq=after + 1, to_seq=to_seq, branch=t.bus.branch)
+    for rec in records:
         # Read from one branch's view, nothing between `after` and this seq is visible on
         # it: the seqs between belong to other branches.
         recorded = t.recorder.before(rec.event)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from esper_es.core import events as ev
-from esper_es.nn.fingerprint import fingerprint_with_digests, optimizer_fingerprint
+from esper_es.nn.fingerprint import TensorBytes, fingerprint_with_digests, optimizer_fingerprint
 from esper_es.runtime.rng import capture_rng_state, digest_of, encode_rng_state
 from esper_es.trainer.snapshots import write_snapshot
 
@@ -25,6 +25,11 @@ def checkpoint_event(
     assert trainer.db is not None
     # Captured once for the snapshot and the digests: nothing below draws from an RNG.
     rng = capture_rng_state()
+    # The model's and the optimizer's state, taken and read once for the snapshot and the
+    # fingerprints (B2): nothing changes them within this function.
+    model_state = trainer.model.state_dict()
+    optimizer_state = trainer.optimizer.state_dict()
+    data = TensorBytes()
     key = None
     if snapshot and trainer.writes_snapshots:
         key = write_snapshot(
@@ -35,15 +40,16 @@ def checkpoint_event(
             position={"epoch": epoch, "step": trainer.step},
             extra=snapshot_extra(trainer, phase),
             grads={n: p.grad for n, p in trainer.model.named_parameters() if p.grad is not None},
+            taken=(model_state, optimizer_state, data),
         ).key
-    fingerprint, tensors = fingerprint_with_digests(trainer.model.state_dict())
+    fingerprint, tensors = fingerprint_with_digests(model_state, data)
     if trainer.ranks is not None:
         trainer.ranks.agree(fingerprint)
     return ev.Checkpointed(
         epoch=epoch,
         step=trainer.step,
         fingerprint=fingerprint,
-        optimizer_fingerprint=optimizer_fingerprint(trainer.optimizer),
+        optimizer_fingerprint=optimizer_fingerprint(trainer.optimizer, data, optimizer_state),
         rng=digest_of(rng),
         snapshot=key,
         tensors=tensors,

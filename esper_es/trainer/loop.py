@@ -58,7 +58,7 @@ from esper_es.policy.learned import controller_for as default_controller
 from esper_es.runtime.device import to_device, training_device
 from esper_es.runtime.dynamo_free import defer_dynamo_import
 from esper_es.runtime.environment import configure_determinism, pin_threads
-from esper_es.store.backends import create_store, is_postgres
+from esper_es.store.backends import is_postgres
 from esper_es.store.protocol import RunStore
 from esper_es.store.records import MAIN
 from esper_es.trainer import batches as batching
@@ -307,7 +307,7 @@ class Trainer:
         if self.config.library.path:
             # Refused before the run database exists, so a bad path leaves nothing behind.
             check_library_file(Path(self.config.library.path), create=True)
-        self.db = create_store(self.db_path, self.run_id)
+        self.db = boundary.open_store(self)
         try:
             with self._sigint():
                 return self._run(epochs, started)

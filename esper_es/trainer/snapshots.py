@@ -21,10 +21,14 @@ from torch import Tensor
 
 from esper_es.core.canonical import canonical_bytes
 from esper_es.errors import TamperDetected
-from esper_es.nn.fingerprint import dtype_name, tensor_bytes
+from esper_es.nn.fingerprint import BytesOf, dtype_name, tensor_bytes
 from esper_es.store.protocol import RunStore
 
 SNAPSHOT_FORMAT = 1
+
+#: State already taken for a snapshot: the model's `state_dict`, the optimizer's, and how to
+#: read a tensor's bytes (`write_snapshot`'s `taken`).
+Taken = tuple[Mapping[str, Tensor], Mapping[str, Any], BytesOf]
 
 
 @attrs.frozen
@@ -38,9 +42,14 @@ class SnapshotStats:
     total_bytes: int
 
 
+_SCALARS = frozenset({type(None), bool, int, float, str})
+_SEQUENCES = frozenset({list, tuple})
+
+
 class _Writer:
-    def __init__(self, db: RunStore | None) -> None:
+    def __init__(self, db: RunStore | None, data: BytesOf = tensor_bytes) -> None:
         self.db = db  # None: only compute the keys (nothing is stored)
+        self.data = data
         self.tensors = 0
         self.new_blobs = 0
         self.new_bytes = 0
@@ -70,16 +79,20 @@ class _Writer:
     def tensor(self, t: Tensor) -> dict[str, Any]:
         self.tensors += 1
         return {
-            "blob": self.blob(tensor_bytes(t)),
+            "blob": self.blob(self.data(t)),
             "dtype": dtype_name(t.dtype),
             "shape": [int(d) for d in t.shape],
         }
 
     def value(self, value: Any) -> Any:
         """A JSON-able mirror of `value` with every tensor replaced by a blob reference."""
+        kind = type(value)
+        if kind in _SCALARS:  # exact types first: most of an optimizer's state (B2)
+            return {"value": value}
         if isinstance(value, Tensor):
             return {"tensor": self.tensor(value)}
-        if type(value) is dict or isinstance(value, Mapping):  # dict first: ABC checks are slow
+        if kind is dict or (kind not in _SEQUENCES and isinstance(value, Mapping)):
+            # dict first: ABC checks are slow
             return {"map": [[self.value(k), self.value(v)] for k, v in value.items()]}
         if isinstance(value, list | tuple):
             return {"list": [self.value(v) for v in value]}
@@ -97,18 +110,26 @@ def write_snapshot(
     position: Mapping[str, Any],
     extra: Mapping[str, Any] | None = None,
     grads: Mapping[str, Tensor] | None = None,
+    taken: Taken | None = None,
 ) -> SnapshotStats:
     """Store a snapshot; returns its manifest key and what it cost.
 
     `grads` (parameter name -> `.grad`) matter to a snapshot taken inside a boundary: the
     controller's telemetry reads the last step's gradient norms before the next step.
+    `taken`: the model's and the optimizer's state dicts and a bytes reader, when the caller
+    (a checkpoint) reads the same state for its fingerprints.
     """
-    w = _Writer(db)
+    model_state, optimizer_state, data = taken or (
+        model.state_dict(),
+        optimizer.state_dict(),
+        tensor_bytes,
+    )
+    w = _Writer(db, data)
     # The tensor references live in their own blob, so that a snapshot of unchanged state
     # shares it too and adds only the small top-level manifest.
     state = {
-        "model": {k: w.tensor(t) for k, t in sorted(model.state_dict().items())},
-        "optimizer": w.value(optimizer.state_dict()),
+        "model": {k: w.tensor(t) for k, t in sorted(model_state.items())},
+        "optimizer": w.value(optimizer_state),
         "rng": w.blob(rng_state),
         "grads": {k: w.tensor(t) for k, t in sorted((grads or {}).items())},
     }

@@ -1,0 +1,107 @@
+"""Blobs of the SQLite run store: content-addressed (key = SHA-256 of the bytes), immutable.
+
+A snapshot's blobs are staged and written in the transaction of the `Checkpointed` that names
+them (`stage_blobs`), one fsync for both (B2).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import threading
+from collections.abc import Sequence
+
+from esper_es.errors import TamperDetected
+from esper_es.store.sqlite_files import transaction
+
+INSERT_BLOB = "INSERT OR IGNORE INTO blobs (key, size, data) VALUES (?,?,?)"
+
+
+class SqliteBlobs:
+    """The blob methods of `RunDatabase` (on its connection, staged blobs and mutex)."""
+
+    _staged: dict[str, bytes]
+    _mutex: threading.RLock
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        """The run database's connection (it waits for a commit in flight)."""
+        raise NotImplementedError
+
+    def _require_writer(self) -> None:
+        raise NotImplementedError
+
+    def put_blob(self, data: bytes) -> str:
+        """Store `data` under its SHA-256 (hex), once however often put; return the key."""
+        self._require_writer()
+        key = hashlib.sha256(data).hexdigest()
+        with self._mutex, transaction(self._conn):
+            self._conn.execute(INSERT_BLOB, (key, len(data), data))
+            self._write_staged(self._conn)
+        self._staged.clear()
+        return key
+
+    def put_blobs(self, blobs: Sequence[bytes]) -> list[str]:
+        """Store several blobs in one transaction (one fsync); returns their keys in order."""
+        self._require_writer()
+        rows = [(hashlib.sha256(b).hexdigest(), len(b), b) for b in blobs]
+        if rows:
+            with self._mutex, transaction(self._conn):
+                self._conn.executemany(INSERT_BLOB, rows)
+                self._write_staged(self._conn)
+            self._staged.clear()
+        return [r[0] for r in rows]
+
+    def stage_blobs(self, blobs: Sequence[bytes]) -> list[str]:
+        """Store blobs with the next append (or blob write, or `close`); returns their keys.
+
+        For a snapshot and the `Checkpointed` that names it: one transaction, one fsync, where
+        two were (B2). Until then this connection reads them (`has_blob`, `get_blob`); other
+        readers see them with the events that name them, never before; a crash before that
+        write loses them with whatever would have named them.
+        """
+        self._require_writer()
+        keys = []
+        with self._mutex:
+            for b in blobs:
+                key = hashlib.sha256(b).hexdigest()
+                self._staged[key] = bytes(b)
+                keys.append(key)
+        return keys
+
+    def _write_staged(self, conn: sqlite3.Connection) -> None:
+        if self._staged:
+            conn.executemany(INSERT_BLOB, [(k, len(b), b) for k, b in self._staged.items()])
+
+    def has_blob(self, key: str) -> bool:
+        """Whether a blob with this key is stored (or staged on this connection)."""
+        if key in self._staged:
+            return True
+        return self._conn.execute("SELECT 1 FROM blobs WHERE key=?", (key,)).fetchone() is not None
+
+    def stored_blobs(self, keys: Sequence[str]) -> set[str]:
+        """Those of `keys` whose blobs are stored or staged, one query per 500 keys.
+
+        A snapshot asks this once for all its tensors instead of `has_blob` per tensor (B2).
+        """
+        found = {k for k in keys if k in self._staged}
+        rest = [k for k in dict.fromkeys(keys) if k not in found]
+        for i in range(0, len(rest), 500):
+            chunk = rest[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._conn.execute(f"SELECT key FROM blobs WHERE key IN ({marks})", chunk)
+            found.update(str(r[0]) for r in rows)
+        return found
+
+    def get_blob(self, key: str) -> bytes:
+        """The blob stored under `key`, checked against its hash."""
+        staged = self._staged.get(key)
+        if staged is not None:
+            return staged
+        row = self._conn.execute("SELECT data FROM blobs WHERE key=?", (key,)).fetchone()
+        if row is None:
+            raise KeyError(f"no blob {key}")
+        data = bytes(row[0])
+        if hashlib.sha256(data).hexdigest() != key:
+            raise TamperDetected(None, f"blob {key} does not match its hash")
+        return data
