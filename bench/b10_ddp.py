@@ -23,10 +23,14 @@ of the gradient all-reduce in it; the follower also the time it waited for rank 
 get about 2 cores. A synchronous step waits for the slowest rank, so any other busy process
 on one of the cores slows both ranks.
 
+The third table runs the same 2 ranks with their gradients reduced by gloo's all-reduce
+instead of through shared memory (`runtime.shared_reduce`, the default for CPU ranks on one
+machine), interleaved with the others: what the shared reduction changed, under the same load.
+
 Target (SPEC §10): ≥ 1.7 on a model whose step is ≥ 10 ms. The machine's load average is
 printed beside each workload's figures.
 
-    .venv/bin/python bench/b10_ddp.py [--reps 3] [--epochs 3]
+    .venv/bin/python bench/b10_ddp.py [--reps 3] [--epochs 3] [--only "width 128"]
 """
 
 from __future__ import annotations
@@ -94,9 +98,16 @@ class RankClock:
         return out
 
 
-def measure(workload: str, nproc: int, epochs: int) -> dict[str, Any]:
-    """One run of `workload` on `nproc` ranks: wall seconds, samples, log-path seconds, ranks."""
+def measure(workload: str, variant: str, epochs: int) -> dict[str, Any]:
+    """One run of `workload` on `variant`'s ranks ("1", "2", or "2-gloo": 2 ranks reducing
+    through gloo): wall seconds, samples, log-path seconds, ranks."""
     import attrs
+
+    from esper_es.runtime import ranks as rank_layer
+
+    nproc = int(variant[0])
+    if variant.endswith("gloo"):
+        rank_layer.local_reduction = lambda *args, **kwargs: False  # type: ignore[assignment]
 
     from esper_es.config import RunConfig, config_from_dict
     from esper_es.runtime.ranks import RankGroup
@@ -181,7 +192,7 @@ def measure(workload: str, nproc: int, epochs: int) -> dict[str, Any]:
     return out
 
 
-def _run(workload: str, nproc: int, epochs: int) -> dict[str, Any]:
+def _run(workload: str, nproc: int | str, epochs: int) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--epochs", str(epochs), "--measure", workload, str(nproc)]
     done = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -192,22 +203,25 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=3, help="at least 2: epoch 1 is warm-up")
+    ap.add_argument("--only", default="", help="the workloads whose name contains this")
     ap.add_argument("--measure", nargs=2, metavar=("WORKLOAD", "NPROC"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.measure[0], int(args.measure[1]), args.epochs)))
+        print(json.dumps(measure(args.measure[0], args.measure[1], args.epochs)))
         return 0
     print_machine()
-    rows, detail = [], []
-    for workload in WORKLOADS:
-        runs: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
+    rows, detail, versus = [], [], []
+    for workload in (w for w in WORKLOADS if args.only in w):
+        runs: dict[int | str, list[dict[str, Any]]] = {1: [], 2: [], "2-gloo": []}
         load_before = load_average()
         for _ in range(args.reps):
-            for nproc in (1, 2):
+            for nproc in runs:
                 runs[nproc].append(_run(workload, nproc, args.epochs))
 
         def med(
-            n: int, fn: Callable[[dict[str, Any]], float], runs: dict[int, list[Any]] = runs
+            n: int | str,
+            fn: Callable[[dict[str, Any]], float],
+            runs: dict[int | str, list[Any]] = runs,
         ) -> float:
             return statistics.median(fn(r) for r in runs[n])
 
@@ -223,9 +237,19 @@ def main() -> int:
         ])  # fmt: skip
         cores = {n: med(n, lambda r: sum(k["cpu"] for k in r["ranks"]) / r["wall"]) for n in runs}
         cpu = {n: med(n, lambda r: 1000 * max(k["cpu"] / k["n"] for k in r["ranks"])) for n in runs}
-        wall2 = med(2, lambda r: 1000 * r["wall"] / r["steps"])
-        reduce2 = med(2, lambda r: 1000 * r["ranks"][0]["all_reduce"] / r["ranks"][0]["n"])
+        wall = {n: med(n, lambda r: 1000 * r["wall"] / r["steps"]) for n in runs}
+        reduce = {n: med(n, lambda r: 1000 * r["ranks"][0]["all_reduce"] / r["ranks"][0]["n"])
+                  for n in runs}  # fmt: skip
         wait2 = med(2, lambda r: 1000 * r["ranks"][1]["receive"] / r["ranks"][1]["n"])
+        wall2, reduce2 = wall[2], reduce[2]
+        versus.append([
+            workload, f"{rate[2]:.0f} / {rate['2-gloo']:.0f}",
+            f"**{rate[2] / rate[1]:.2f}** / {rate['2-gloo'] / rate[1]:.2f}",
+            f"{wall[2]:.1f} ms / {wall['2-gloo']:.1f} ms",
+            f"{reduce[2]:.1f} ms / {reduce['2-gloo']:.1f} ms",
+            f"{cpu[2]:.1f} ms / {cpu['2-gloo']:.1f} ms",
+            f"{2 * cpu[1] / cpu[2]:.2f} / {2 * cpu[1] / cpu['2-gloo']:.2f}",
+        ])  # fmt: skip
         detail.append([
             workload, f"{cores[1]:.2f} / {cores[2]:.2f}", f"{cpu[1]:.1f} ms / {cpu[2]:.1f} ms",
             f"{step_ms:.1f} ms / {wall2:.1f} ms", f"{reduce2:.1f} ms", f"{wait2:.1f} ms",
@@ -242,6 +266,12 @@ def main() -> int:
          "wall per step, 1 / 2 ranks", "all-reduce per step, rank 0 (wall)",
          "rank 1 waiting for rank 0's message, per step", "2 x CPU per step ÷ busiest rank's"],
         detail,
+    )  # fmt: skip
+    table(
+        ["workload (2 ranks: shared memory / gloo)", "samples/s", "2 ranks ÷ 1",
+         "wall per step", "all-reduce per step, rank 0 (wall)", "CPU per step, busiest rank",
+         "2 x CPU per step ÷ busiest rank's"],
+        versus,
     )  # fmt: skip
     return 0
 

@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
         lambda: int(args.func(args)),
         trainer_builder(getattr(args, "factory", None)),
         device=_device(args, recorded),
+        recorded_backend=None if recorded is None else recorded.get("backend"),
     )
 
 

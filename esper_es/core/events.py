@@ -94,8 +94,10 @@ class RunStarted(RunEvent):
     world_size: int = 1
     """How many ranks trained the run (SPEC §11); a replay needs as many. 1 before v3."""
     backend: str | None = None
-    """The torch.distributed backend of a multi-rank run (`gloo`, `nccl`); null for one
-    process, and in logs from before v3."""
+    """The torch.distributed backend of a multi-rank run (`gloo`, `nccl`; `gloo+shm`: more
+    than 2 CPU ranks on one machine reducing through shared memory, which sums in another
+    order than gloo, `runtime.shared_reduce`); null for one process, and in logs from before
+    v3."""
 
 
 @event_type(1)

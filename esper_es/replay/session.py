@@ -62,7 +62,7 @@ __all__ = ["Session", "TrainerFactory", "built_in_factory"]
 def check_world(started: ev.RunStarted) -> None:
     """A run re-executes only with its world size and backend (SPEC §11): exit 4 otherwise."""
     group = ranks.current()
-    here = (1, None) if group is None else (group.world_size, group.backend)
+    here = (1, None) if group is None else (group.world_size, group.reported_backend)
     differences = [
         (name, recorded, now)
         for name, recorded, now in (

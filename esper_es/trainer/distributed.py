@@ -148,8 +148,8 @@ class RankHooks:
 
     @property
     def backend(self) -> str:
-        """The process group's backend."""
-        return self.group.backend
+        """The backend the run records (`RankGroup.reported_backend`)."""
+        return self.group.reported_backend
 
     def epoch_batches(self, epoch: int) -> list[Batch]:
         """This rank's batches of `epoch` (see `shard_batches`)."""

@@ -39,11 +39,17 @@ if TYPE_CHECKING:
 
 
 def run_ranks(
-    nproc: int | None, lead: Callable[[], int], build: TrainerBuilder, device: str = "cpu"
+    nproc: int | None,
+    lead: Callable[[], int],
+    build: TrainerBuilder,
+    device: str = "cpu",
+    recorded_backend: str | None = None,
 ) -> int:
     """Run `lead` as rank 0 of `nproc` ranks (or of torchrun's world); its exit code.
 
     `device` is the kind the run trains on: "cuda" makes an NCCL group, one GPU per rank.
+    `recorded_backend`: the backend of the run a command re-executes, which decides how the
+    gradients are reduced (`ranks.local_reduction`).
     """
     world = ranks.torchrun_world()
     if world is not None:
@@ -51,13 +57,17 @@ def run_ranks(
         if nproc is not None and nproc != size:
             raise WorldSizeError(f"--nproc {nproc} differs from torchrun's WORLD_SIZE {size}")
         if size > 1:
-            group = RankGroup.initialize(rank, size, device=device)
+            group = RankGroup.initialize(
+                rank, size, device=device, local=ranks.ranks_on_this_machine(size),
+                recorded_backend=recorded_backend,
+            )  # fmt: skip
             return _lead(group, lead) if rank == 0 else _follow(group, build)
     if nproc is None or nproc <= 1:
         return lead()
     rendezvous = Path(tempfile.mkdtemp(prefix="esper-es-ranks-"))
     init = (rendezvous / "store").as_uri()
     children = []
+    where: dict[str, Any] = {"device": device, "local": True, "recorded_backend": recorded_backend}
     try:
         for rank in range(1, nproc):
             pid = os.fork()
@@ -67,14 +77,14 @@ def run_ranks(
                     signal.signal(signal.SIGINT, signal.SIG_IGN)
                     # Forked ranks share this machine: each its own GPU (`resolve_device`).
                     os.environ["LOCAL_RANK"] = str(rank)
-                    group = RankGroup.initialize(rank, nproc, init_method=init, device=device)
+                    group = RankGroup.initialize(rank, nproc, init_method=init, **where)
                     code = _follow(group, build)
                 finally:
                     sys.stdout.flush()
                     sys.stderr.flush()
                     os._exit(code)
             children.append(pid)
-        code = _lead(RankGroup.initialize(0, nproc, init_method=init, device=device), lead)
+        code = _lead(RankGroup.initialize(0, nproc, init_method=init, **where), lead)
     finally:
         codes = [_wait(pid) for pid in children]
         shutil.rmtree(rendezvous, ignore_errors=True)
