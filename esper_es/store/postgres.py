@@ -373,7 +373,7 @@ class PostgresStore(BranchIndex):
                 )
         return [r[0] for r in rows]
 
-    def stage_blobs(self, blobs: Sequence[bytes]) -> list[str]:
+    def stage_blobs(self, blobs: Sequence[bytes], keys: Sequence[str] | None = None) -> list[str]:
         """Store blobs for the next append: here at once (no fsync per transaction to save)."""
         return self.put_blobs(blobs)
 

@@ -143,9 +143,10 @@ class RunStore(Protocol):
         """Store several blobs in one transaction; their keys in order."""
         ...
 
-    def stage_blobs(self, blobs: Sequence[bytes]) -> list[str]:
+    def stage_blobs(self, blobs: Sequence[bytes], keys: Sequence[str] | None = None) -> list[str]:
         """Store blobs at the latest with the next append (one transaction for a snapshot and
-        the event naming it); readable on this connection at once; their keys in order."""
+        the event naming it); readable on this connection at once; their keys in order
+        (`keys`: their SHA-256, when the caller computed them already)."""
         ...
 
     def has_blob(self, key: str) -> bool:

@@ -52,22 +52,27 @@ class SqliteBlobs:
             self._staged.clear()
         return [r[0] for r in rows]
 
-    def stage_blobs(self, blobs: Sequence[bytes]) -> list[str]:
+    def stage_blobs(self, blobs: Sequence[bytes], keys: Sequence[str] | None = None) -> list[str]:
         """Store blobs with the next append (or blob write, or `close`); returns their keys.
 
         For a snapshot and the `Checkpointed` that names it: one transaction, one fsync, where
         two were (B2). Until then this connection reads them (`has_blob`, `get_blob`); other
         readers see them with the events that name them, never before; a crash before that
         write loses them with whatever would have named them.
+
+        `keys`: the blobs' SHA-256 (hex) when the caller has just computed them (a snapshot
+        names its blobs by them), not hashed again: a megabyte a snapshot at width 64 (B2).
+        A wrong one would be caught where blobs are read (`get_blob`, `verify`).
         """
         self._require_writer()
-        keys = []
+        if keys is None:
+            keys = [hashlib.sha256(b).hexdigest() for b in blobs]
+        elif len(keys) != len(blobs):
+            raise ValueError(f"{len(keys)} keys for {len(blobs)} blobs")
         with self._mutex:
-            for b in blobs:
-                key = hashlib.sha256(b).hexdigest()
+            for key, b in zip(keys, blobs, strict=True):
                 self._staged[key] = bytes(b)
-                keys.append(key)
-        return keys
+        return list(keys)
 
     def _write_staged(self, conn: sqlite3.Connection) -> None:
         if self._staged:

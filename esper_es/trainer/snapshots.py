@@ -70,10 +70,10 @@ class _Writer:
             # tensor), and the new ones are written together, in the transaction of the
             # commit that names them (`RunDatabase.stage_blobs`): one fsync per snapshot (B2).
             stored = self.db.stored_blobs(list(self.named))
-            new = [data for key, data in self.named.items() if key not in stored]
+            new = {key: data for key, data in self.named.items() if key not in stored}
             self.new_blobs = len(new)
-            self.new_bytes = sum(len(data) for data in new)
-            self.db.stage_blobs(new)
+            self.new_bytes = sum(len(data) for data in new.values())
+            self.db.stage_blobs(list(new.values()), list(new))
         self.named.clear()
 
     def tensor(self, t: Tensor) -> dict[str, Any]:
