@@ -17,8 +17,11 @@ through the kernel.
   waits, which matters where ranks share cores with other work; a socket write or read is a
   system call, which orders the slot's stores before the byte on any CPU. A dead peer is
   seen at once: the kernel closes a dead process's sockets, so the read ends (EOF) or the
-  write fails, and the wait raises `RankLost`, as gloo's collectives do. A live peer that
-  never arrives (stopped, hung) is `RankLost` after `ranks.TIMEOUT`, gloo's timeout.
+  write fails, and the wait raises `RankLost`, as gloo's collectives do. A peer's socket can
+  outlive it where a process it forked holds a copy, so a wait longer than `_POLL` seconds
+  also checks that the peer's process (its pid from `SO_PEERCRED`) is still running. A live
+  peer that never arrives (stopped, hung) is `RankLost` after `ranks.TIMEOUT`, gloo's
+  timeout.
 - **Two sets of slots**, used by alternate calls: a rank writes call `g`'s set only after
   every rank passed call `g - 1`'s barrier, which every rank reaches only after it finished
   reading call `g - 2`'s slots, the same set. So one barrier a call suffices.
@@ -46,7 +49,9 @@ import os
 import socket
 import struct
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -57,6 +62,24 @@ from esper_es.errors import RankLost
 _ALIGN = 64
 #: A slot's first capacity; it doubles as a bigger bucket needs.
 _FIRST_CAPACITY = 1 << 20
+#: Seconds a wait blocks before it checks that the peer's process still runs.
+_POLL = 1.0
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, killed but not yet reaped, does not)."""
+    if pid <= 0:
+        return True  # in another pid namespace: unknown here, so only the timeout applies
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX"
+
+
+def _peer_pid(sock: socket.socket) -> int:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return int(struct.unpack("3i", creds)[0])
 
 
 def supported() -> bool:
@@ -76,10 +99,21 @@ def _aligned(n: int) -> int:
 class SharedReduce:
     """One rank's end of the shared-memory reduction (see the module doc)."""
 
-    def __init__(self, rank: int, world_size: int, peers: dict[int, socket.socket], fd: int):
+    def __init__(
+        self,
+        rank: int,
+        world_size: int,
+        peers: dict[int, socket.socket],
+        fd: int,
+        timeout: float,
+    ) -> None:
         self.rank = rank
         self.world_size = world_size
         self._peers = peers
+        self._pids = {peer: _peer_pid(sock) for peer, sock in peers.items()}
+        self._timeout = timeout
+        for sock in peers.values():
+            sock.settimeout(_POLL)
         self._fd = fd
         self._calls = 0
         self._capacity = 0
@@ -138,14 +172,14 @@ class SharedReduce:
             raise RankLost(rank, world_size, f"shared-memory reduction setup: {exc}") from exc
         finally:
             server.close()
-        return cls(rank, world_size, peers, fd)
+        return cls(rank, world_size, peers, fd, timeout)
 
     @staticmethod
     def _accepted(sock: socket.socket, rank: int, world_size: int) -> int:
         # Abstract sockets are reachable by any local process: take only our own user's
         # processes, announcing a rank that is one of ours.
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        _, uid, _ = struct.unpack("3i", creds)
+        uid = struct.unpack("3i", creds)[1]
         raw = sock.recv(4, socket.MSG_WAITALL)
         peer = struct.unpack("<i", raw)[0] if len(raw) == 4 else -1
         if uid != os.getuid() or not rank < peer < world_size:
@@ -209,24 +243,45 @@ class SharedReduce:
     def send(self, message: bytes) -> None:
         """Rank 0: `message` to every other rank."""
         frame = struct.pack("<q", len(message)) + message
-        for peer, sock in self._peers.items():
-            try:
-                sock.sendall(frame)
-            except OSError as exc:
-                raise self._lost(peer, exc, "broadcast") from exc
+        for peer in self._peers:
+            self._write(peer, frame, "broadcast")
 
     def receive(self) -> bytes:
         """Any other rank: rank 0's next message."""
         (n,) = struct.unpack("<q", self._read(0, 8, "broadcast"))
         return self._read(0, n, "broadcast")
 
+    def _write(self, peer: int, data: bytes, what: str) -> None:
+        view, sent = memoryview(data), 0
+        sock = self._peers[peer]
+        since = time.monotonic()
+        while sent < len(data):
+            try:
+                sent += sock.send(view[sent:])
+            except TimeoutError as exc:
+                self._still_there(peer, since, exc, what)
+            except OSError as exc:
+                raise self._lost(peer, exc, what) from exc
+
+    def _still_there(self, peer: int, since: float, exc: TimeoutError, what: str) -> None:
+        # A blocked wait, every `_POLL` seconds: the peer's process must still run, and
+        # within the collective timeout.
+        if not _running(self._pids[peer]):
+            raise self._lost(peer, None, what) from exc
+        if time.monotonic() - since > self._timeout:
+            raise self._lost(peer, exc, what) from exc
+
     def _read(self, peer: int, n: int, what: str) -> bytes:
         out = bytearray(n)
         view, got = memoryview(out), 0
         sock = self._peers[peer]
+        since = time.monotonic()
         while got < n:
             try:
                 k = sock.recv_into(view[got:])
+            except TimeoutError as exc:
+                self._still_there(peer, since, exc, what)
+                continue
             except OSError as exc:
                 raise self._lost(peer, exc, what) from exc
             if k == 0:
@@ -262,11 +317,8 @@ class SharedReduce:
 
     def _barrier(self) -> None:
         """Return once every rank has called it as often; `RankLost` if a rank is gone."""
-        for peer, sock in self._peers.items():
-            try:
-                sock.sendall(b"\1")
-            except OSError as exc:
-                raise self._lost(peer, exc) from exc
+        for peer in self._peers:
+            self._write(peer, b"\1", "all_reduce")
         for peer in self._peers:
             self._read(peer, 1, "all_reduce")
 
@@ -274,7 +326,7 @@ class SharedReduce:
         if isinstance(exc, TimeoutError):
             why = f"rank {peer} did not answer in time"
         elif exc is None:
-            why = f"rank {peer} is gone: its end of the socket closed"
+            why = f"rank {peer} is gone: its process ended"
         else:
             why = f"rank {peer} is gone: {exc}"
         return RankLost(self.rank, self.world_size, f"{what}: {why}")
