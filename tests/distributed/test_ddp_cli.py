@@ -245,3 +245,24 @@ def test_torchrun_ranks_make_the_same_run_as_nproc(tmp_path: Path) -> None:
     forked = ok("train", "--epochs", 1, "--db", tmp_path / "forked.db", "--nproc", 2)
     assert json.loads(line)["fingerprint"] == forked["fingerprint"]
     assert ok("replay", db)["fingerprint"] == forked["fingerprint"]
+
+
+@pytest.mark.slow
+def test_three_ranks_record_their_reduction_and_re_execute_with_it(tmp_path: Path) -> None:
+    # More than 2 ranks on one machine sum through shared memory in rank order, which gloo's
+    # ring does not: the run says so, and its replay reduces the same way.
+    shared = tmp_path / "shared.db"
+    run = ok("train", "--epochs", 1, "--db", shared, "--nproc", 3)
+    assert run_started(shared)["backend"] == "gloo+shm"
+    assert ok("replay", shared)["fingerprint"] == run["fingerprint"]
+    # A 3-rank run recorded with gloo's all-reduce (as before the shared reduction) replays
+    # through gloo again, bit for bit.
+    gloo = tmp_path / "gloo.db"
+    done = subprocess.run(
+        [sys.executable, str(FIXTURES / "gloo_reduction.py"), "train", "--epochs", "1",
+         "--db", str(gloo), "--nproc", "3", "--json"],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert run_started(gloo)["backend"] == "gloo"
+    assert ok("replay", gloo)["fingerprint"] == json.loads(done.stdout)["fingerprint"]
