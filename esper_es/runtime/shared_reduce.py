@@ -62,6 +62,8 @@ from esper_es.errors import RankLost
 _ALIGN = 64
 #: A slot's first capacity; it doubles as a bigger bucket needs.
 _FIRST_CAPACITY = 1 << 20
+#: The first byte of a barrier's byte and of a message: a rank out of step is seen, not misread.
+_ARRIVED, _MESSAGE = b"A", b"M"
 #: Seconds a wait blocks before it checks that the peer's process still runs.
 _POLL = 1.0
 
@@ -242,14 +244,24 @@ class SharedReduce:
 
     def send(self, message: bytes) -> None:
         """Rank 0: `message` to every other rank."""
-        frame = struct.pack("<q", len(message)) + message
+        frame = _MESSAGE + struct.pack("<q", len(message)) + message
         for peer in self._peers:
             self._write(peer, frame, "broadcast")
 
     def receive(self) -> bytes:
         """Any other rank: rank 0's next message."""
-        (n,) = struct.unpack("<q", self._read(0, 8, "broadcast"))
+        head = self._read(0, 9, "broadcast")
+        self._in_step(0, head[:1], _MESSAGE, "broadcast")
+        (n,) = struct.unpack("<q", head[1:])
         return self._read(0, n, "broadcast")
+
+    def _in_step(self, peer: int, got: bytes, expected: bytes, what: str) -> None:
+        # A rank that left the protocol midway (an exception between two collectives) sends
+        # what the other does not expect: stop with an error instead of reading it as data.
+        if got != expected:
+            raise RankLost(
+                self.rank, self.world_size, f"{what}: rank {peer} is out of step with this rank"
+            )
 
     def _write(self, peer: int, data: bytes, what: str) -> None:
         view, sent = memoryview(data), 0
@@ -318,9 +330,9 @@ class SharedReduce:
     def _barrier(self) -> None:
         """Return once every rank has called it as often; `RankLost` if a rank is gone."""
         for peer in self._peers:
-            self._write(peer, b"\1", "all_reduce")
+            self._write(peer, _ARRIVED, "all_reduce")
         for peer in self._peers:
-            self._read(peer, 1, "all_reduce")
+            self._in_step(peer, self._read(peer, 1, "all_reduce"), _ARRIVED, "all_reduce")
 
     def _lost(self, peer: int, exc: OSError | None, what: str = "all_reduce") -> RankLost:
         if isinstance(exc, TimeoutError):

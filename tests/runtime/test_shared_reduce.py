@@ -70,6 +70,14 @@ def test_a_killed_rank_stops_the_others_with_rank_lost_at_once(
         assert report["seconds"] < 30
 
 
+def test_a_rank_out_of_step_is_an_error_not_data(tmp_path: Path) -> None:
+    # Rank 0 sent a message where rank 1 waits for the barrier's byte (a rank that left the
+    # protocol midway): rank 1 stops with RankLost instead of reading the message as a byte.
+    _, (lead, follower) = _ranks("skew", 2, tmp_path)
+    assert lead["error"] is None
+    assert "rank 0 is out of step" in follower["error"]
+
+
 def test_leaving_closes_every_descriptor_and_mapping(tmp_path: Path) -> None:
     _, reports = _ranks("cleanup", 2, tmp_path)
     for report in reports:
