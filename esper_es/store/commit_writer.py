@@ -42,6 +42,8 @@ from esper_es.store.records import AppendResult
 from esper_es.store.sqlite_blobs import INSERT_BLOB
 from esper_es.store.sqlite_files import INSERT_EVENTS, sqlite_failure, transaction
 
+_CHECKPOINT_BYTES = 1 << 20
+
 
 class CommitWriter:
     """Runs jobs on one background thread, one at a time; `wait` joins the one in flight."""
@@ -50,6 +52,8 @@ class CommitWriter:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self._lock = threading.Lock()
         self._pending: Future[None] | None = None
+        #: Bytes committed since the last WAL checkpoint (touched by the job thread only).
+        self.unchecked_bytes = 0
 
     @property
     def busy(self) -> bool:
@@ -141,7 +145,8 @@ class BackgroundCommits:
     def _append_in_background(
         self, conn: sqlite3.Connection, prepared: Prepared, branch: str
     ) -> list[AppendResult]:
-        assert self._writer is not None
+        writer = self._writer
+        assert writer is not None
         # Planned here, before the hand-off, with every id looked up (an acknowledgement
         # decided now: the thread cannot decide again), against the file as committed.
         head = self.head()
@@ -166,13 +171,19 @@ class BackgroundCommits:
                     with contextlib.suppress(sqlite3.Error):
                         conn.execute("ROLLBACK")
             self._committed(branch, head[0], rows, new_versions)
-            # Copy this commit's pages into the main file now, while training goes on, so
-            # that `close` has little left to copy (a run's snapshots are megabytes at
-            # width 64, B2). PASSIVE never waits for readers; durability is the WAL's.
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            # Copy the committed pages into the main file now, while training goes on, once
+            # they add up to a megabyte, so that `close` has little left to copy (a run's
+            # snapshots are ~1 MB an epoch at width 64, B2); small commits wait for `close`
+            # (checkpointing each would copy the same index pages again and again). PASSIVE
+            # never waits for readers; durability is the WAL's either way.
+            writer.unchecked_bytes += sum(len(r[1]) + len(r[8]) for r in rows)
+            writer.unchecked_bytes += sum(b[1] for b in staged)
+            if writer.unchecked_bytes >= _CHECKPOINT_BYTES:
+                writer.unchecked_bytes = 0
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
-        self._writer.submit(commit)
+        writer.submit(commit)
         return results
 
     def appended_after(self, after: int, branch: str) -> list[RecordedEvent] | None:
