@@ -29,9 +29,10 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from esper_es.core.envelope import RecordedEvent
 from esper_es.errors import ConcurrencyError
@@ -43,6 +44,27 @@ from esper_es.store.sqlite_blobs import INSERT_BLOB
 from esper_es.store.sqlite_files import INSERT_EVENTS, sqlite_failure, transaction
 
 _CHECKPOINT_BYTES = 1 << 20
+#: Bound parameters per statement in `_insert_all` (SQLite's limit is 32 766 since 3.32).
+_MAX_VARIABLES = 999
+
+
+def _insert_all(conn: sqlite3.Connection, insert: str, rows: Sequence[Sequence[Any]]) -> None:
+    """`conn.executemany(insert, rows)` as multi-row INSERTs (same rows, same order).
+
+    `executemany` steps once per row, letting go of the GIL and taking it back each time; on
+    this thread every retake may wait for the training thread, and wakes it when handed
+    back (measured: the first step after a boundary ~0.1-0.2 ms slower). One statement for a
+    boundary's rows does it once. `insert` ends with one `VALUES (?,…)` group.
+    """
+    if not rows:
+        return
+    head, group = insert.rsplit("VALUES", 1)
+    width = len(rows[0])
+    per = max(1, _MAX_VARIABLES // width)
+    for i in range(0, len(rows), per):
+        chunk = rows[i : i + per]
+        sql = f"{head}VALUES {','.join([group.strip()] * len(chunk))}"
+        conn.execute(sql, [value for row in chunk for value in row])
 
 
 class CommitWriter:
@@ -158,10 +180,8 @@ class BackgroundCommits:
         def commit() -> None:
             try:
                 with transaction(conn):
-                    if rows:
-                        conn.executemany(INSERT_EVENTS, rows)
-                    if staged:
-                        conn.executemany(INSERT_BLOB, staged)
+                    _insert_all(conn, INSERT_EVENTS, rows)
+                    _insert_all(conn, INSERT_BLOB, staged)
             except sqlite3.IntegrityError as exc:
                 raise ConcurrencyError(branch, None, None, f"append refused: {exc}") from None
             except sqlite3.DatabaseError as exc:
