@@ -74,8 +74,12 @@ def test_a_rank_out_of_step_is_an_error_not_data(tmp_path: Path) -> None:
     # Rank 0 sent a message where rank 1 waits for the barrier's byte (a rank that left the
     # protocol midway): rank 1 stops with RankLost instead of reading the message as a byte.
     _, (lead, follower) = _ranks("skew", 2, tmp_path)
-    assert lead["error"] is None
     assert "rank 0 is out of step" in follower["error"]
+    # Rank 0 may finish its reduction (rank 1's byte and slot were written before rank 1 read
+    # the message) or find rank 1 gone (rank 1 closed its sockets before rank 0's byte went
+    # out): a race between the two processes, and both are right. What it must never do is
+    # hang or return without a word.
+    assert lead["error"] is None or "rank 1 is gone" in lead["error"], lead["error"]
 
 
 def test_leaving_closes_every_descriptor_and_mapping(tmp_path: Path) -> None:
