@@ -37,7 +37,7 @@ from torch import Tensor
 
 from esper_es.errors import RankLost
 from esper_es.runtime import shared_reduce
-from esper_es.runtime.shared_reduce import SharedReduce
+from esper_es.runtime.shared_reduce import SharedReduce, unflatten_into
 
 #: Bytes of the fixed first broadcast of every message: 8 bytes of header length, 8 of binary
 #: length, then the header's JSON (and as much of the rest as fits).
@@ -236,11 +236,7 @@ class RankGroup:
             with self._collective("all_reduce"):
                 dist.all_reduce(flat, op=dist.ReduceOp.SUM)
             flat.div_(self.world_size)
-            offset = 0
-            for t in group:
-                n = t.numel()
-                t.copy_(flat[offset : offset + n].view_as(t))
-                offset += n
+            unflatten_into(flat, group)
 
     def all_gather_bytes(self, record: bytes) -> list[bytes]:
         """Every rank's `record` (all of one length), in rank order."""

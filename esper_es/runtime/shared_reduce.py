@@ -98,6 +98,15 @@ def _aligned(n: int) -> int:
     return (n + _ALIGN - 1) // _ALIGN * _ALIGN
 
 
+def unflatten_into(flat: Tensor, group: Sequence[Tensor]) -> None:
+    """Copy consecutive parts of `flat` back into the tensors of `group`, in order."""
+    offset = 0
+    for t in group:
+        n = t.numel()
+        t.copy_(flat[offset : offset + n].view_as(t))
+        offset += n
+
+
 class SharedReduce:
     """One rank's end of the shared-memory reduction (see the module doc)."""
 
@@ -236,11 +245,7 @@ class SharedReduce:
             for part in parts[2:]:
                 total.add_(part)
             total.div_(self.world_size)
-            offset = 0
-            for t in group:
-                n = t.numel()
-                t.copy_(total[offset : offset + n].view_as(t))
-                offset += n
+            unflatten_into(total, group)
 
     def send(self, message: bytes) -> None:
         """Rank 0: `message` to every other rank."""

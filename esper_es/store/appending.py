@@ -8,13 +8,13 @@ the same events make the same chain on SQLite and PostgreSQL.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from esper_es.core.envelope import NewEvent
 from esper_es.errors import ConcurrencyError
 from esper_es.store.chain import row_hash
 from esper_es.store.encoding import Encoded, encode
-from esper_es.store.records import AppendResult
+from esper_es.store.records import AppendResult, now_iso
 
 #: The streams of one transaction: (stream, expected version, encoded events).
 Prepared = list[tuple[str, int, list[Encoded]]]
@@ -37,6 +37,35 @@ def prepare(batches: Sequence[tuple[str, int, Sequence[NewEvent]]]) -> Prepared:
 def event_ids(prepared: Prepared) -> list[str]:
     """Every event id of a prepared append, in order."""
     return [enc[0].event_id for _, _, encs in prepared for enc in encs]
+
+
+class PlansAppends(Protocol):
+    """What `plan_for` reads of a store: its run, its streams' versions, its stored ids."""
+
+    run_id: str
+
+    def stream_version(self, stream: str, branch: str = ...) -> int:
+        """The stream's current version on `branch`."""
+        ...
+
+    def _existing(self, ids: list[str]) -> Known:
+        """The stored events among `ids`."""
+        ...
+
+
+def plan_for(
+    store: PlansAppends, prepared: Prepared, branch: str, head: tuple[int, str], look_up_ids: bool
+) -> tuple[list[Row], list[AppendResult], dict[str, int]]:
+    """`plan_append` against `store`'s versions and ids (looked up only when asked), now."""
+    return plan_append(
+        prepared,
+        branch=branch,
+        run_id=store.run_id,
+        head=head,
+        version_of=lambda stream: store.stream_version(stream, branch),
+        known=store._existing(event_ids(prepared)) if look_up_ids else {},
+        recorded_at=now_iso(),
+    )
 
 
 def plan_append(

@@ -21,7 +21,7 @@ import sqlite_utils
 
 from esper_es.core.envelope import NewEvent, RecordedEvent
 from esper_es.errors import ConcurrencyError, NotARunDatabase, TamperDetected
-from esper_es.store.appending import Prepared, event_ids, plan_append, prepare
+from esper_es.store.appending import Prepared, plan_for, prepare
 from esper_es.store.audit import AuditTrail
 from esper_es.store.branching import BranchIndex
 from esper_es.store.chain import GENESIS
@@ -342,15 +342,7 @@ class RunDatabase(BackgroundCommits, SqliteBlobs, BranchIndex):
     def _plan(
         self, prepared: Prepared, branch: str, head: tuple[int, str], look_up_ids: bool
     ) -> tuple[list[Row], list[AppendResult], dict[str, int]]:
-        return plan_append(
-            prepared,
-            branch=branch,
-            run_id=self.run_id,
-            head=head,
-            version_of=lambda stream: self.stream_version(stream, branch),
-            known=self._existing(event_ids(prepared)) if look_up_ids else {},
-            recorded_at=now_iso(),
-        )
+        return plan_for(self, prepared, branch, head, look_up_ids)
 
     def _committed(
         self, branch: str, head: int, rows: list[Row], new_versions: dict[str, int]

@@ -21,9 +21,9 @@ from psycopg import sql
 from esper_es.core.envelope import NewEvent, RecordedEvent
 from esper_es.errors import (
     ConcurrencyError,
-    TamperDetected,
 )
-from esper_es.store.appending import Prepared, event_ids, plan_append, prepare
+from esper_es.store.appending import Prepared, plan_for, prepare
+from esper_es.store.blob_keys import checked_blob
 from esper_es.store.branching import BranchIndex
 from esper_es.store.chain import GENESIS
 from esper_es.store.encoding import COLUMN_NAMES, COLUMNS, decode_row
@@ -48,7 +48,7 @@ from esper_es.store.pg_session import (
     take_lock,
 )
 from esper_es.store.protocol import Row
-from esper_es.store.records import MAIN, AppendResult, Branch, now_iso
+from esper_es.store.records import MAIN, AppendResult, Branch
 
 _PAGE = 5_000  # rows per page of a read: one round trip per page, bounded memory
 _BLOB_PAGE = 64
@@ -263,15 +263,7 @@ class PostgresStore(BranchIndex):
                 # head, and one round trip per append is saved.
                 head = self._head if self._head is not None else self.head()
                 self._prefetch_versions([stream for stream, _, _ in prepared], branch)
-                rows, results, new_versions = plan_append(
-                    prepared,
-                    branch=branch,
-                    run_id=self.run_id,
-                    head=head,
-                    version_of=lambda stream: self.stream_version(stream, branch),
-                    known=self._existing(event_ids(prepared)) if look_up_ids else {},
-                    recorded_at=now_iso(),
-                )
+                rows, results, new_versions = plan_for(self, prepared, branch, head, look_up_ids)
                 if rows:
                     self._insert(rows)
         except BaseException:
@@ -397,12 +389,7 @@ class PostgresStore(BranchIndex):
         """The blob stored under `key`, checked against its hash."""
         with self._mutex:
             row = self._conn.execute("SELECT data FROM blobs WHERE key = %s", (key,)).fetchone()
-        if row is None:
-            raise KeyError(f"no blob {key}")
-        data = bytes(row[0])
-        if hashlib.sha256(data).hexdigest() != key:
-            raise TamperDetected(None, f"blob {key} does not match its hash")
-        return data
+        return checked_blob(key, row)
 
     def blob_rows(self) -> Iterator[tuple[str, int, bytes]]:
         """Every stored blob as `(key, size, data)` in key order, unchecked."""

@@ -11,7 +11,7 @@ import sqlite3
 import threading
 from collections.abc import Sequence
 
-from esper_es.errors import TamperDetected
+from esper_es.store.blob_keys import checked_blob
 from esper_es.store.sqlite_files import transaction
 
 INSERT_BLOB = "INSERT OR IGNORE INTO blobs (key, size, data) VALUES (?,?,?)"
@@ -104,9 +104,4 @@ class SqliteBlobs:
         if staged is not None:
             return staged
         row = self._conn.execute("SELECT data FROM blobs WHERE key=?", (key,)).fetchone()
-        if row is None:
-            raise KeyError(f"no blob {key}")
-        data = bytes(row[0])
-        if hashlib.sha256(data).hexdigest() != key:
-            raise TamperDetected(None, f"blob {key} does not match its hash")
-        return data
+        return checked_blob(key, row)

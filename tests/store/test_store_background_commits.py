@@ -92,13 +92,19 @@ def test_close_waits_for_the_commit_in_flight(db_path: Path) -> None:
     assert verify(db_path).blobs == 1
 
 
-def test_a_failed_commit_raises_its_typed_error_at_the_next_use(db_path: Path) -> None:
+def _second_commit_fails(db_path: Path) -> RunDatabase:
+    """A store whose first append committed and whose second (planned) cannot: the disk is full."""
     db = RunDatabase.create(db_path, "r")
     db.commit_in_background()
     db.append("run", 0, [_epoch(1)])
     _limit_growth(db)
     db.stage_blobs([bytes(200_000)])
     assert db.append("run", 1, [_epoch(2)]).seqs == (2,)  # planned, not yet committed
+    return db
+
+
+def test_a_failed_commit_raises_its_typed_error_at_the_next_use(db_path: Path) -> None:
+    db = _second_commit_fails(db_path)
     with pytest.raises(StorageError, match="disk is full"):
         db.head()
     # Raised once; the file holds what was committed before, whole.
@@ -109,12 +115,7 @@ def test_a_failed_commit_raises_its_typed_error_at_the_next_use(db_path: Path) -
 
 
 def test_close_raises_a_failure_nobody_saw_and_still_lets_go(db_path: Path) -> None:
-    db = RunDatabase.create(db_path, "r")
-    db.commit_in_background()
-    db.append("run", 0, [_epoch(1)])
-    _limit_growth(db)
-    db.stage_blobs([bytes(200_000)])
-    db.append("run", 1, [_epoch(2)])
+    db = _second_commit_fails(db_path)
     with pytest.raises(StorageError):
         db.close()
     assert not lock_path(db_path).exists()

@@ -396,11 +396,10 @@ def test_both_backends_chain_the_same_events_to_the_same_hashes(
     from pg_support import server_url
 
     server_url()
-    import esper_es.store.database as sqlite_store
-    import esper_es.store.postgres as pg_store
+    import esper_es.store.appending as appending
 
-    for module in (sqlite_store, pg_store):
-        monkeypatch.setattr(module, "now_iso", lambda: "2026-01-01T00:00:00.000000+00:00")
+    # Both backends stamp `recorded_at` through `appending.plan_for`: one clock to fix.
+    monkeypatch.setattr(appending, "now_iso", lambda: "2026-01-01T00:00:00.000000+00:00")
     heads, rows = [], []
     for k in (SqliteKit(tmp_path), PostgresKit()):
         location = k.location()

@@ -66,11 +66,10 @@ def test_sqlite_and_postgres_answer_alike(
     pg_ready: None, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch,
     ops: list[tuple[int, int, bool]], fork: int | None,
 ) -> None:  # fmt: skip
-    import esper_es.store.database as sqlite_store
-    import esper_es.store.postgres as pg_store
+    import esper_es.store.appending as appending
 
-    for module in (sqlite_store, pg_store):
-        monkeypatch.setattr(module, "now_iso", lambda: "2026-01-01T00:00:00.000000+00:00")
+    # Both backends stamp `recorded_at` through `appending.plan_for`: one clock to fix.
+    monkeypatch.setattr(appending, "now_iso", lambda: "2026-01-01T00:00:00.000000+00:00")
     outcomes = []
     for kit in (SqliteKit(Path(tmp_path_factory.mktemp("diff"))), PostgresKit()):
         with kit.create(kit.location(), "diff") as db:
