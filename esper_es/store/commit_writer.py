@@ -32,7 +32,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from esper_es.core.envelope import RecordedEvent
 from esper_es.errors import ConcurrencyError
@@ -119,22 +119,19 @@ class BackgroundCommits:
     #: `(head before, branch, rows)` of the latest append (`appended_after`).
     _last_append: tuple[int, str, list[Row]] | None
 
-    def head(self) -> tuple[int, str]:
-        """`(seq, hash)` of the last event in the file."""
-        raise NotImplementedError
+    if TYPE_CHECKING:  # what the host class (`RunDatabase`) provides
 
-    def _require_writer(self) -> None:
-        raise NotImplementedError
+        def head(self) -> tuple[int, str]: ...
 
-    def _plan(
-        self, prepared: Prepared, branch: str, head: tuple[int, str], look_up_ids: bool
-    ) -> tuple[list[Row], list[AppendResult], dict[str, int]]:
-        raise NotImplementedError
+        def _require_writer(self) -> None: ...
 
-    def _committed(
-        self, branch: str, head: int, rows: list[Row], new_versions: dict[str, int]
-    ) -> None:
-        raise NotImplementedError
+        def _plan(
+            self, prepared: Prepared, branch: str, head: tuple[int, str], look_up_ids: bool
+        ) -> tuple[list[Row], list[AppendResult], dict[str, int]]: ...
+
+        def _committed(
+            self, branch: str, head: int, rows: list[Row], new_versions: dict[str, int]
+        ) -> None: ...
 
     def commit_in_background(self) -> None:
         """Commit appends on a background thread from now on (`store.commit_writer`).

@@ -365,6 +365,13 @@ class PostgresStore(BranchIndex):
                 )
         return [r[0] for r in rows]
 
+    def commit_in_background(self) -> None:
+        """Nothing: a PostgreSQL append commits on the server before it returns."""
+
+    def appended_after(self, after: int, branch: str) -> list[RecordedEvent] | None:
+        """None: a reader reads the events back (the append is already committed)."""
+        return None
+
     def stage_blobs(self, blobs: Sequence[bytes], keys: Sequence[str] | None = None) -> list[str]:
         """Store blobs for the next append: here at once (no fsync per transaction to save)."""
         return self.put_blobs(blobs)

@@ -165,6 +165,17 @@ class RunStore(Protocol):
         """Every stored blob as `(key, size, data)`, unchecked (for verify and copy)."""
         ...
 
+    # --- commits that overlap training (B2)
+    def commit_in_background(self) -> None:
+        """From now on, let appends commit on a background thread where the backend can (the
+        next use of the store waits for the commit and raises its error); else nothing."""
+        ...
+
+    def appended_after(self, after: int, branch: str) -> list[RecordedEvent] | None:
+        """The latest append's events, if they are every event after seq `after` on `branch`
+        and this store kept them; None means: read them."""
+        ...
+
     # --- what verify and copy need beyond the rows
     def missing_triggers(self) -> list[str]:
         """The append-only triggers that are not installed (empty when all are)."""

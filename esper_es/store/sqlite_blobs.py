@@ -10,6 +10,7 @@ import hashlib
 import sqlite3
 import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from esper_es.store.blob_keys import checked_blob
 from esper_es.store.sqlite_files import transaction
@@ -23,13 +24,12 @@ class SqliteBlobs:
     _staged: dict[str, bytes]
     _mutex: threading.RLock
 
-    @property
-    def _conn(self) -> sqlite3.Connection:
-        """The run database's connection (it waits for a commit in flight)."""
-        raise NotImplementedError
+    if TYPE_CHECKING:  # what the host class (`RunDatabase`) provides
 
-    def _require_writer(self) -> None:
-        raise NotImplementedError
+        @property
+        def _conn(self) -> sqlite3.Connection: ...  # waits for a commit in flight
+
+        def _require_writer(self) -> None: ...
 
     def put_blob(self, data: bytes) -> str:
         """Store `data` under its SHA-256 (hex), once however often put; return the key."""

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 
 def open_store(t: Trainer) -> RunStore:
-    """Create the run's store; an SQLite one commits in the background from then on.
+    """Create the run's store, committing in the background where the backend can (SQLite).
 
     Each boundary's commit then overlaps the steps after it (B2): the rows are planned
     (seqs, hashes) before the hand-off, the boundary projects its events from them, and the
@@ -48,9 +48,7 @@ def open_store(t: Trainer) -> RunStore:
     deterministically (why this is safe: `esper_es.store.commit_writer`).
     """
     db = create_store(t.db_path, t.run_id)
-    background = getattr(db, "commit_in_background", None)
-    if background is not None:
-        background()
+    db.commit_in_background()
     return db
 
 
@@ -268,10 +266,12 @@ def project(t: Trainer, to_seq: int | None = None) -> None:
     after = t.projector.last_seq
     # The boundary's own events, from the rows its commit wrote (not read back: the commit
     # may still be in flight, `open_store`); any other range is read from the store.
-    appended = getattr(t.db, "appended_after", None)
-    records = appended(after, t.bus.branch) if appended is not None and to_seq is None else None
-    if records is None:
-        records = t.db.read(from_seq=after + 1, to_seq=to_seq, branch=t.bus.branch)
+    kept = t.db.appended_after(after, t.bus.branch) if to_seq is None else None
+    records = (
+        kept
+        if kept is not None
+        else t.db.read(from_seq=after + 1, to_seq=to_seq, branch=t.bus.branch)
+    )
     for rec in records:
         # Read from one branch's view, nothing between `after` and this seq is visible on
         # it: the seqs between belong to other branches.

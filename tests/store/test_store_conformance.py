@@ -98,6 +98,23 @@ def test_append_and_read_back(store: RunStore) -> None:
     assert [r[0] for r in store.rows(2)] == [2, 3]
 
 
+def test_appended_events_kept_by_the_store_are_those_a_read_returns(store: RunStore) -> None:
+    # What a trainer projects from (`appended_after`) must be what reading back would give,
+    # on a backend that keeps its latest append (SQLite, committing in the background) and on
+    # one that does not (None: read).
+    store.commit_in_background()
+    store.append("run", 0, [started()])
+    store.append(f"seed:{S0}", 0, [NewEvent(germinated(S0), "g0"), blend(S0, 2, 0.5, "b0")])
+    kept = store.appended_after(1, "main")
+    read = list(store.read(from_seq=2))
+    assert [e.seq for e in read] == [2, 3]
+    if kept is not None:
+        assert [(e.seq, e.hash, e.event) for e in kept] == [(e.seq, e.hash, e.event) for e in read]
+    # Not the latest append's start, or another branch: the store does not guess.
+    assert store.appended_after(0, "main") is None
+    assert store.appended_after(1, "other") is None
+
+
 def test_a_batch_across_streams_is_all_or_nothing(store: RunStore) -> None:
     store.append("run", 0, [started()])
     with pytest.raises(ConcurrencyError):
