@@ -282,44 +282,6 @@ def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:
     return n // batch_size if drop_last else -(-n // batch_size)
 
 
-class EpochBatches:
-    """The epoch's mini-batches in `data_order(master_seed, epoch, n)`, each gathered when taken.
-
-    A sequence (`len`, `[k]`), so a trainer can walk an epoch without gathering every batch up
-    front: gathered at the step, as a hand-written loop does, the work between two epochs stays
-    short, and the steps after it run faster (B2: the first steps after a pause are slower, by
-    about as much as the pause is long).
-    """
-
-    def __init__(
-        self,
-        x: Tensor,
-        y: Tensor,
-        batch_size: int,
-        master_seed: int,
-        epoch: int,
-        drop_last: bool = False,
-    ) -> None:
-        n = len(x)
-        if len(y) != n:
-            raise ValueError(f"x has {n} examples but y has {len(y)}")
-        self._len = num_batches(n, batch_size, drop_last)
-        self._x, self._y, self._size = x, y, batch_size
-        self._order = data_order(master_seed, epoch, n)
-
-    def __len__(self) -> int:
-        return self._len
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        return (self[k] for k in range(self._len))
-
-    def __getitem__(self, k: int) -> tuple[Tensor, Tensor]:
-        if not 0 <= k < self._len:
-            raise IndexError(f"batch {k} of {self._len}")
-        index = self._order[k * self._size : (k + 1) * self._size]
-        return self._x[index], self._y[index]
-
-
 def batches(
     x: Tensor,
     y: Tensor,
@@ -334,8 +296,13 @@ def batches(
     Batch `k` is the same whatever `start` is, so resuming at the data position recorded in a
     snapshot continues exactly where the run stopped; `start == num_batches(...)` yields none.
     """
-    walk = EpochBatches(x, y, batch_size, master_seed, epoch, drop_last)
-    if not 0 <= start <= len(walk):
-        raise ValueError(f"start must be in [0, {len(walk)}], got {start}")
-    for k in range(start, len(walk)):
-        yield walk[k]
+    n = len(x)
+    if len(y) != n:
+        raise ValueError(f"x has {n} examples but y has {len(y)}")
+    total = num_batches(n, batch_size, drop_last)
+    if not 0 <= start <= total:
+        raise ValueError(f"start must be in [0, {total}], got {start}")
+    order = data_order(master_seed, epoch, n)
+    for k in range(start, total):
+        index = order[k * batch_size : (k + 1) * batch_size]
+        yield x[index], y[index]

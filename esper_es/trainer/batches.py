@@ -8,23 +8,16 @@ batches; see `esper_es.trainer.loop.TrainData`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from esper_es.runtime.data import EpochBatches, num_batches
+from esper_es.runtime.data import batches as tensor_batches
+from esper_es.runtime.data import num_batches
 from esper_es.runtime.device import to_device
 
 Batch = Any
-
-
-class Walk(Protocol):
-    """An epoch's batches as the trainer walks them: how many, and batch `k`."""
-
-    def __len__(self) -> int: ...
-
-    def __getitem__(self, k: int) -> Batch: ...
 
 
 def _tensors(data: Any) -> bool:
@@ -54,25 +47,11 @@ def epoch_batches(
     """Epoch `epoch`'s training batches, in the run's data order."""
     if _tensors(train_data):
         x, y = train_data
-        yield from EpochBatches(x, y, batch_size, master_seed, epoch)
+        yield from tensor_batches(x, y, batch_size, master_seed, epoch)
     elif callable(train_data):
         yield from train_data(epoch)
     else:
         yield from train_data
-
-
-def epoch_walk(
-    train_data: Any, batch_size: int, master_seed: int, epoch: int, device: torch.device
-) -> Walk:
-    """Epoch `epoch`'s batches on `device` as a sequence (`len`, `[k]`) the trainer walks.
-
-    `(x, y)` tensors (moved to the device once, `on_device`) give each batch when it is taken
-    (`EpochBatches`); other data is taken whole up front, since its length is not known before.
-    """
-    if _tensors(train_data):
-        x, y = train_data
-        return EpochBatches(x, y, batch_size, master_seed, epoch)
-    return list(placed(epoch_batches(train_data, batch_size, master_seed, epoch), device))
 
 
 def val_batches(val_data: Any, batch_size: int) -> Iterator[Batch]:

@@ -26,7 +26,7 @@ import random
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -281,11 +281,12 @@ class Trainer:
             return self.ranks.steps_per_epoch()
         return batching.steps_per_epoch(self.train_data, self.config.train.batch_size)
 
-    def _epoch_batches(self, epoch: int) -> batching.Walk:
+    def _epoch_batches(self, epoch: int) -> Iterator[Batch]:
         if self.ranks is not None:
-            return self.ranks.epoch_batches(epoch)
+            return iter(self.ranks.epoch_batches(epoch))
         size = self.config.train.batch_size
-        return batching.epoch_walk(self.train_data, size, self.master_seed, epoch, self.device)
+        walk = batching.epoch_batches(self.train_data, size, self.master_seed, epoch)
+        return batching.placed(walk, self.device)
 
     def evaluate(self) -> tuple[float, float | None]:
         """(mean validation loss, mean validation metric), without side effects."""
@@ -375,7 +376,7 @@ class Trainer:
         try:
             for epoch in range(first, epochs + 1):
                 self.epoch = epoch
-                batches = self._epoch_batches(epoch)
+                batches = list(self._epoch_batches(epoch))
                 start = 0
                 losses: list[float] = []
                 if at is not None and epoch == at.epoch:

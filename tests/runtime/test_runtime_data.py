@@ -11,7 +11,6 @@ import torch
 from esper_es.nn.fingerprint import state_dict_fingerprint
 from esper_es.runtime.data import (
     CharVocabulary,
-    EpochBatches,
     batches,
     builtin_docs_text,
     dataset_fingerprint,
@@ -21,7 +20,6 @@ from esper_es.runtime.data import (
     num_batches,
     windows,
 )
-from esper_es.runtime.rng import data_order
 
 
 def test_digits_shapes_and_range() -> None:
@@ -159,25 +157,6 @@ def test_batches_resume_at_start_equals_the_tail(k: int) -> None:
     assert len(tail) == len(full) - k
     for (xa, ya), (xb, yb) in zip(full[k:], tail, strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
-
-
-def test_epoch_batches_gather_each_batch_when_taken_in_any_order() -> None:
-    x = torch.randn(103, 3, generator=torch.Generator().manual_seed(1))
-    y = torch.arange(103)
-    walk = EpochBatches(x, y, 10, master_seed=9, epoch=4)
-    order = data_order(9, 4, 103)
-    assert len(walk) == 11
-    for k in [10, 0, 5, 0]:  # taken out of order and twice: batch k depends on k alone
-        index = order[k * 10 : (k + 1) * 10]
-        xb, yb = walk[k]
-        assert torch.equal(xb, x[index]) and torch.equal(yb, y[index])
-    assert [len(b[1]) for b in walk] == [10] * 10 + [3]
-    for k in (-1, 11):
-        with pytest.raises(IndexError):
-            walk[k]
-    assert len(EpochBatches(x, y, 10, 9, 4, drop_last=True)) == 10
-    with pytest.raises(ValueError):
-        EpochBatches(x, y[:4], 10, 9, 4)
 
 
 def test_batches_reject_bad_arguments() -> None:
