@@ -150,14 +150,18 @@ class SeedTelemetry:
         """Forget `seed`'s history (call on SeedTrainingStarted)."""
         self.signals[seed] = SeedSignal(self.decay)
 
-    def observe(self, model: nn.Module, seed: str, batch: Any, loss: LossFn) -> SeedSignal:
-        """Measure `seed`'s losses on `batch` (see `seed_losses`) and fold them in."""
-        signal = self.signals.setdefault(seed, SeedSignal(self.decay))
-        measured = seed_losses(model, seed, batch, loss)
+    def record(self, seed: str, with_seed: float, without: float) -> SeedSignal:
+        """Fold one measurement of `seed` (its own loss, the loss without it) into its signal."""
+        measured = (with_seed, without)
         if self.reduce is not None:
             measured = self.reduce(measured)
+        signal = self.signals.setdefault(seed, SeedSignal(self.decay))
         signal.update(*measured)
         return signal
+
+    def observe(self, model: nn.Module, seed: str, batch: Any, loss: LossFn) -> SeedSignal:
+        """Measure `seed`'s losses on `batch` (see `seed_losses`) and fold them in."""
+        return self.record(seed, *seed_losses(model, seed, batch, loss))
 
     def observe_all(self, model: nn.Module, seeds: Sequence[str], batch: Any, loss: LossFn) -> None:
         """`observe` each of `seeds` on `batch`, measuring the loss without them once.
@@ -175,10 +179,8 @@ class SeedTelemetry:
                 if layer.kernel(index) is None:
                     raise ValueError(f"seed {seed} holds no kernel")
                 with torch.random.fork_rng(devices=[]), layer.override_alphas({index: 1.0}):
-                    measured = (float(loss(model, batch)), without)
-                if self.reduce is not None:
-                    measured = self.reduce(measured)
-                self.signals.setdefault(seed, SeedSignal(self.decay)).update(*measured)
+                    with_seed = float(loss(model, batch))
+                self.record(seed, with_seed, without)
 
     def improvement(self, seed: str) -> float:
         """The seed's relative improvement since its TRAINING began (0 if never observed)."""

@@ -10,7 +10,11 @@ Per stage (thresholds from `[lifecycle]`, knobs from `[driver]` and `[blending]`
 - GERMINATED: `start_training`.
 - TRAINING: once `min_training_steps` have passed, `start_grafting` with the seed's measured
   improvement if it beats `min_improvement`; if it still has not after `training_patience`
-  more steps, `cull`.
+  more steps, `cull`. A seed whose own loss (the loss with it at full weight) is still at
+  least `diverged_ratio` times the loss without it is culled at the first of those
+  boundaries instead: its kernel diverged or never learned (measured on a width-64 host:
+  own losses of 3 to 10^4 times the host's), and each step it keeps training is a forward
+  and backward pass spent on nothing.
 - GRAFTING: `adjust_blend` to `BlendSchedule.alpha(steps since grafting began, target)` when
   that differs from the seed's alpha, so alpha at any seq follows from the log; once the ramp
   is done, `stabilize` in the same boundary.
@@ -41,7 +45,8 @@ class SeedProbe(Protocol):
     """What the driver measures; the trainer's probe reads the live model, tests craft numbers."""
 
     def improvement(self, seed: str) -> float:
-        """The seed's own training signal's relative gain since its TRAINING began."""
+        """The seed's training signal: (loss without it - loss with it at full weight) ÷ loss
+        without it, EMAs over its TRAINING (`nn.telemetry.SeedSignal.advantage`)."""
         ...
 
     def contribution(self, seed: str) -> float:
@@ -60,6 +65,7 @@ class DriverSettings:
     lifecycle: LifecycleConfig = attrs.field(factory=LifecycleConfig)
     schedule: BlendSchedule = attrs.field(factory=BlendSchedule)
     training_patience: int = 40
+    diverged_ratio: float = 0.0
     evaluation_steps: int = 5
     fine_tune_steps: int = 30
 
@@ -103,6 +109,13 @@ class LifecycleDriver:
             gain = probe.improvement(s.seed)
             if gain > life.min_improvement:
                 return [c.StartGrafting(command_id=self.new_id(), improvement=gain, **base)]
+            # 1 - improvement is the seed's own loss ÷ the loss without it (`SeedProbe`).
+            if cfg.diverged_ratio > 0 and 1.0 - gain >= cfg.diverged_ratio:
+                reason = (
+                    f"diverged: its own loss is {1.0 - gain:.4g}x the loss without it after "
+                    f"{in_stage} steps in TRAINING (limit {cfg.diverged_ratio:.4g}x)"
+                )
+                return [c.CullSeed(command_id=self.new_id(), reason=reason, **base)]
             if in_stage >= life.min_training_steps + cfg.training_patience:
                 reason = (
                     f"training signal improved by {gain:.4g} after {in_stage} steps in TRAINING "

@@ -351,6 +351,7 @@ class Trainer:
                 lifecycle=self.config.lifecycle,
                 schedule=BlendSchedule(self.config.blending.kind, self.config.blending.ramp_steps),
                 training_patience=self.config.driver.training_patience,
+                diverged_ratio=self.config.driver.diverged_ratio,
                 evaluation_steps=self.config.driver.evaluation_steps,
                 fine_tune_steps=self.config.driver.fine_tune_steps,
             ),

@@ -23,8 +23,14 @@ def train_step(t: Trainer, batch: Batch) -> float:
     t.optimizer.zero_grad(set_to_none=True)
     loss = t.loss_fn(t.model, batch)
     loss.backward()  # type: ignore[no-untyped-call]
+    every = t.config.driver.observe_every
+    observing = t.measures_telemetry and (t.step + 1) % every == 0
+    signals: list[tuple[str, float]] = []
+    without = math.nan
     if t.config.train.seed_training == "own_loss":
-        train_seeds_on_own_loss(t, batch)
+        shared = observing and t.config.driver.signal_pass == "shared"
+        without, signals = train_seeds_on_own_loss(t, batch, measure=shared)
+        observing = observing and not shared
     schedule = t.config.train
     if schedule.lr_schedule != "constant":
         horizon = schedule.epochs * t.steps_per_epoch()
@@ -42,8 +48,9 @@ def train_step(t: Trainer, batch: Batch) -> float:
         t.divergence = t.divergence or f"training loss {value} at step {t.step + 1}"
         return value
     t.recent_losses.append(value)
-    every = t.config.driver.observe_every
-    if t.measures_telemetry and (t.step + 1) % every == 0:
+    for seed, with_seed in signals:
+        t.seed_telemetry.record(seed, with_seed, without)
+    if observing:
         seeds = [
             f"{layer.name}/{i}"
             for layer in t.layers.values()
@@ -67,7 +74,9 @@ def _train_mode(t: Trainer) -> None:
         t.train_mode_at = seq
 
 
-def train_seeds_on_own_loss(t: Trainer, batch: Batch) -> None:
+def train_seeds_on_own_loss(
+    t: Trainer, batch: Batch, measure: bool = False
+) -> tuple[float, list[tuple[str, float]]]:
     """Give each TRAINING kernel the gradient of the loss with it blended at alpha 1.
 
     The straight-through gradient `isolation.isolated` hands a TRAINING kernel is dL/dh at
@@ -78,22 +87,36 @@ def train_seeds_on_own_loss(t: Trainer, batch: Batch) -> None:
     (`autograd.grad` accumulates nothing into the host's `.grad`, and the pass runs in eval
     mode, so batch-norm statistics are not touched): the host's outputs and gradients stay
     exactly as without the seed (L8).
+
+    With `measure` it also returns the seed signals' measurement of this batch (`driver.
+    signal_pass = "shared"`): the loss of the model as it stands, and each seed's own loss,
+    which is the value this pass computes anyway. Measuring them after the step instead costs
+    one more forward pass per seed; the shared pass needs one in all (the loss without).
     """
     training = [(ly, i) for ly in t.layers.values() for i in ly.kernel_slots(Stage.TRAINING)]
+    signals: list[tuple[str, float]] = []
+    without = math.nan
     if not training:
-        return
+        return without, signals
     modes = [(m, m.training) for m in t.model.modules()]
     try:
         t.model.eval()
+        if measure:
+            # TRAINING kernels are out of the forward pass here (`isolated_training` is off).
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                without = float(t.loss_fn(t.model, batch))
         for layer, i in training:
             kernel = layer.kernel(i)
             assert kernel is not None  # a TRAINING slot holds its kernel (L4)
             params = [p for p in kernel.parameters() if p.requires_grad]
             with layer.override_alphas({i: 1.0}):
                 own = t.loss_fn(t.model, batch)
+            if measure:
+                signals.append((layer.seed_ids()[i], float(own.detach())))
             grads = torch.autograd.grad(own, params, allow_unused=True)
             for p, g in zip(params, grads, strict=True):
                 p.grad = None if g is None else g.detach()
     finally:
         for m, was in modes:
             m.training = was
+    return without, signals

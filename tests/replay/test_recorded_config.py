@@ -14,6 +14,7 @@ def test_keys_missing_from_an_older_config_from_record_take_their_legacy_values(
     config = config_from_record(old)
     assert config.train.lr_schedule == "constant"
     assert config.controller.plateau_steps == 0 and not config.controller.record_outcomes
+    assert config.driver.signal_pass == "separate" and config.driver.diverged_ratio == 0.0
     assert "lr_schedule" not in old["train"]  # the recorded dict is not changed
 
 

@@ -76,6 +76,24 @@ def test_training_waits_grafts_on_improvement_and_culls_after_patience() -> None
     assert isinstance(cull, c.CullSeed) and "0 after 15 steps" in cull.reason
 
 
+def test_a_diverged_seed_is_culled_as_soon_as_it_may_leave_training() -> None:
+    diverging = LifecycleDriver(
+        attrs.evolve(SETTINGS, diverged_ratio=2.0), IdSource(random.Random(1))
+    )
+    s = seed(Stage.TRAINING, entered=10)
+    # Own loss 1.5x the loss without it: a seed that may still learn waits out its patience.
+    p = Crafted(gain=-0.5)
+    assert diverging.commands(15, [s], p) == [] and diverging.commands(24, [s], p) == []
+    assert isinstance(only(diverging.commands(25, [s], p)), c.CullSeed)
+    # 2.5x: culled at the first boundary that may end TRAINING, not before it.
+    p.gain = -1.5
+    assert diverging.commands(14, [s], p) == []
+    cull = only(diverging.commands(15, [s], p))
+    assert isinstance(cull, c.CullSeed) and "diverged: its own loss is 2.5x" in cull.reason
+    # Off (0), as in runs recorded before the rule: patience as for any other seed.
+    assert driver().commands(15, [s], p) == []
+
+
 def test_grafting_follows_the_blend_schedule_then_stabilizes() -> None:
     d, p = driver(), Crafted()
     s = seed(Stage.GRAFTING, entered=10, alpha=0.0, blend_target=0.8, blueprint="b", kernel_id="k")
