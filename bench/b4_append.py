@@ -283,9 +283,10 @@ def main() -> None:
     print("Python side of the append path, per event (no SQLite):\n")
     table(["part", "µs/event"], cpu_breakdown(events, batch))
     ours_on = measured[0][2]
-    met = ours_on >= 100_000 and ours_on >= 5 * es_batched
+    met = ours_on >= 150_000 and ours_on > es_batched
     print(
-        f"Target (audit on, disk): ≥ 100 000/s and ≥ 5x eventsourcing: "
+        f"Target (SPEC §10, audit on, disk): ≥ 150 000/s, and ahead of eventsourcing (here at "
+        f"1 000 events per transaction): "
         f"{'met' if met else 'missed'} ({ours_on:,.0f}/s, {ours_on / es_batched:.2f}x)."
     )
 
