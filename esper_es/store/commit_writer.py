@@ -133,6 +133,8 @@ class BackgroundCommits:
             self, branch: str, head: int, rows: list[Row], new_versions: dict[str, int]
         ) -> None: ...
 
+        def _committed_blobs(self, keys: Sequence[str]) -> None: ...
+
     def commit_in_background(self) -> None:
         """Commit appends on a background thread from now on (`store.commit_writer`).
 
@@ -188,6 +190,7 @@ class BackgroundCommits:
                     with contextlib.suppress(sqlite3.Error):
                         conn.execute("ROLLBACK")
             self._committed(branch, head[0], rows, new_versions)
+            self._committed_blobs([b[0] for b in staged])
             # Copy the committed pages into the main file now, while training goes on, once
             # they add up to a megabyte, so that `close` has little left to copy (a run's
             # snapshots are ~1 MB an epoch at width 64, B2); small commits wait for `close`

@@ -109,6 +109,8 @@ class RunDatabase(BackgroundCommits, SqliteBlobs, BranchIndex):
         self._mutex = threading.RLock()
         #: Blobs written with the next transaction (`stage_blobs`), by key.
         self._staged: dict[str, bytes] = {}
+        #: Every blob key the file holds, when known without asking it (`sqlite_blobs`).
+        self._blob_keys: set[str] | None = None
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         self.meta: dict[str, str] = meta
         self.run_id: str = meta["run_id"]
@@ -148,7 +150,9 @@ class RunDatabase(BackgroundCommits, SqliteBlobs, BranchIndex):
             release_writer_lock(lock_fd, p)
             raise
         trail = AuditTrail(audit_path(p), run_id) if audit else None
-        return cls(p, conn, readonly=False, lock_fd=lock_fd, audit=trail)
+        db = cls(p, conn, readonly=False, lock_fd=lock_fd, audit=trail)
+        db._blob_keys = set()  # a new file: it holds the blobs this connection writes, only
+        return db
 
     @classmethod
     def open(
@@ -209,6 +213,7 @@ class RunDatabase(BackgroundCommits, SqliteBlobs, BranchIndex):
                     if self._staged and failure is None:
                         with transaction(conn):
                             self._write_staged(conn)
+                        self._committed_blobs(list(self._staged))
                         self._staged.clear()
                     with contextlib.suppress(sqlite3.Error):
                         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -335,6 +340,7 @@ class RunDatabase(BackgroundCommits, SqliteBlobs, BranchIndex):
             if rows:
                 conn.executemany(INSERT_EVENTS, rows)
             self._write_staged(conn)
+        self._committed_blobs(list(self._staged))
         self._staged.clear()
         self._committed(branch, head[0], rows, new_versions)
         return results
@@ -479,6 +485,7 @@ class RunDatabase(BackgroundCommits, SqliteBlobs, BranchIndex):
             raise ValueError(f"{self.location} already holds events")
         with self._mutex, transaction(self._conn):
             import_rows(self._conn, rows, branches, blobs)
+        self._blob_keys = None  # another store's blobs, not listed here: ask the file
         if self._audit is not None:
             # After the commit, as for every append: the trail may lag the log, never lead it.
             batch = []
