@@ -124,10 +124,14 @@ def kernel_from_artifact(data: bytes) -> Kernel:
 
 def check_artifact(kernel: Kernel, stored: bytes) -> None:
     """Raise ArtifactMismatch unless `kernel`'s artifact equals `stored` byte for byte."""
-    mine = artifact_bytes(kernel)
+    check_artifact_bytes(kernel.kernel_id, artifact_bytes(kernel), stored)
+
+
+def check_artifact_bytes(kernel_id: str, mine: bytes, stored: bytes) -> None:
+    """Raise ArtifactMismatch unless the artifact `mine` (of `kernel_id`) equals `stored`."""
     if mine != stored:
         raise ArtifactMismatch(
-            kernel.kernel_id,
+            kernel_id,
             f"the kernel built from the log ({artifact_key(mine)[:12]}) differs from the stored "
             f"artifact ({artifact_key(stored)[:12]})",
         )

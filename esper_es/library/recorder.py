@@ -8,6 +8,15 @@ database already holds for that kernel id (replay, resume, a branch re-germinati
 stored; after `SeedFossilized`, `SeedCulled`, `SeedRolledBack` or `SeedCancelled` the outcome is
 recorded, with the kernel's last measured contribution.
 
+The file work of both (the check, the rows and blobs in the run database and the library)
+may wait for `KernelRecorder.flush`: the live trainer defers it to its next boundary's commit
+(`esper_es.trainer.boundary.commit`), because the run database is then still committing the
+boundary that projected the event in the background (`esper_es.store.commit_writer`) and any
+statement on it would wait for that commit; at the next boundary the append waits for it
+anyway, after a training step it overlapped. What the ranking reads (`seen`) is updated at
+once. A crash before the flush loses those rows with the boundary in flight: a resume
+re-executes the boundaries after its snapshot, and each commit flushes what came before.
+
 Ranking reads the library only through the log: at the run's start the trainer records what
 the library held for its shape kinds (`consultation`, a `LibraryConsulted` fact), and ranking
 reads that event plus the run's own outcomes, never the library's current content, so a
@@ -27,7 +36,7 @@ from esper_es.core import events as ev
 from esper_es.core.canonical import canonical_json
 from esper_es.core.decider import layer_of
 from esper_es.core.state import LayerState, SeedState
-from esper_es.library.artifacts import artifact_bytes, check_artifact
+from esper_es.library.artifacts import artifact_bytes, check_artifact_bytes
 from esper_es.library.database import ArtifactRow, KernelTables, LibraryDatabase, OutcomeRow
 from esper_es.library.statistics import (
     Arm,
@@ -94,6 +103,12 @@ class KernelRecorder:
         self._consulted: dict[Arm, ArmTotals] | None = None
         #: Branch -> {ancestor: the last step of it that the branch sees} (see `_ancestors`).
         self._lineage: dict[str, dict[str, int]] = {}
+        #: File work deferred to `flush`, in projection order.
+        self._pending: list[Callable[[], None]] = []
+        #: The artifact rows of kernels germinated while deferring, by kernel id: an outcome
+        #: reads its kernel's row from here rather than from a table still waiting for `flush`
+        #: (the same fields: the kernel id hashes the config and the shape, which fix the rest).
+        self._artifacts: dict[str, ArtifactRow] = {}
 
     def close(self) -> None:
         """Close the shared library (its WAL checkpointed now, not whenever it is collected)."""
@@ -135,27 +150,41 @@ class KernelRecorder:
             self._consulted = totals_from_payload(event.arms if event is not None else [])
         return self._consulted
 
-    def before(self, event: ev.Event) -> Callable[[], None] | None:
-        """The callback to run once `event` is projected, if it concerns the library."""
+    def before(self, event: ev.Event, *, defer: bool = False) -> Callable[[], None] | None:
+        """The callback to run once `event` is projected, if it concerns the library.
+
+        With `defer` (a writable run database only), the callback's file work waits for
+        `flush`.
+        """
         if self.contexts is not None:
             self.contexts.seen(event)
+        defer = defer and not self.db.readonly
         if isinstance(event, ev.SeedGerminated):
-            return lambda: self._germinated(event)
+            return lambda: self._germinated(event, defer)
         outcome = OUTCOMES.get(type(event))
         if outcome is not None and isinstance(event, ev.SeedEvent):
             state = self.projector.seed_state(event.seed)
-            return lambda: self._ended(event, state, outcome)
+            return lambda: self._ended(event, state, outcome, defer)
         return None
 
-    def _germinated(self, event: ev.SeedGerminated) -> None:
+    def flush(self) -> None:
+        """Do the file work deferred so far, in the order its events were projected."""
+        pending, self._pending = self._pending, []
+        for work in pending:
+            work()
+
+    def _file_work(self, work: Callable[[], None], defer: bool) -> None:
+        if defer:
+            self._pending.append(work)
+        else:
+            work()
+
+    def _germinated(self, event: ev.SeedGerminated, defer: bool) -> None:
         layer = self.projector.layers[layer_of(event.seed)]
         kernel = layer.kernel(layer.index_of(event.seed))
         assert isinstance(kernel, Kernel)
+        # Taken now, at the initial weights, whenever the check and the writes happen.
         data = artifact_bytes(kernel)
-        known = self.tables.artifact(kernel.kernel_id)
-        if known is not None and self.db.has_blob(known.blob_key):
-            check_artifact(kernel, self.db.get_blob(known.blob_key))
-            self.checked += 1
         row = ArtifactRow(
             kernel_id=kernel.kernel_id,
             blob_key="",
@@ -167,16 +196,28 @@ class KernelRecorder:
             init_seed=kernel.spec.init_seed,
             params=sum(p.numel() for p in kernel.parameters()),
         )
+        if defer:
+            self._artifacts[row.kernel_id] = row
+        self._file_work(lambda: self._store_artifact(data, row), defer)
+        self.alive[event.seed] = _Alive(event.step, time.perf_counter())
+
+    def _store_artifact(self, data: bytes, row: ArtifactRow) -> None:
+        known = self.tables.artifact(row.kernel_id)
+        if known is not None and self.db.has_blob(known.blob_key):
+            check_artifact_bytes(row.kernel_id, data, self.db.get_blob(known.blob_key))
+            self.checked += 1
         if not self.db.readonly:
             self.tables.index_artifact(attrs.evolve(row, blob_key=self.db.put_blob(data)))
         if self.library is not None:
             self.library.index_artifact(attrs.evolve(row, blob_key=self.library.put_blob(data)))
-        self.alive[event.seed] = _Alive(event.step, time.perf_counter())
 
-    def _ended(self, event: ev.SeedEvent, before: SeedState, outcome: str) -> None:
+    def _ended(self, event: ev.SeedEvent, before: SeedState, outcome: str, defer: bool) -> None:
         if before.kernel_id is None:
             return
-        art = self.tables.artifact(before.kernel_id)
+        art = self._artifacts.get(before.kernel_id) if defer else None
+        if art is None:
+            self.flush()  # the table read below sees every row projected before
+            art = self.tables.artifact(before.kernel_id)
         if art is None and self.library is not None:
             art = self.library.artifact(before.kernel_id)
         alive = self.alive.pop(event.seed, None)
@@ -199,6 +240,9 @@ class KernelRecorder:
             seconds=time.perf_counter() - alive.started if alive is not None else 0.0,
         )
         self.seen.append(row)
+        self._file_work(lambda: self._store_outcome(row), defer)
+
+    def _store_outcome(self, row: OutcomeRow) -> None:
         if not self.db.readonly:
             self.tables.record_outcome(row)
         if self.library is not None:
@@ -212,6 +256,7 @@ class KernelRecorder:
         mine = {(r.seed, r.kernel_id): r for r in self.seen if r.shape_kind == shape_kind}
         branch, step = self.branch(), self.step()
         ancestors = self._ancestors(branch)
+        self.flush()
         for r in self.tables.outcomes(shape_kind):
             if r.run_id != self.run_id or r.ended_step >= step:
                 continue

@@ -145,9 +145,7 @@ class Projector:
             self._add_group(event.seed, kernel)
         elif had and not has:
             self._free(layer, index, event.seed)
-        layer.set_stage(index, after.stage)
-        layer.set_alpha(index, after.alpha)
-        layer.set_blend_target(index, after.blend_target)
+        layer.set_slot(index, after.stage, after.alpha, after.blend_target)
         self.seeds[event.seed] = after
 
     def _kernel_compiled(self, event: ev.KernelCompiled) -> None:

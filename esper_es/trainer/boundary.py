@@ -174,6 +174,7 @@ def diverged_stop(t: Trainer) -> str:
         t._probe,
         lifecycle=False,
     )
+    t.recorder.flush()  # the run's last boundary: nothing after it would
     return "diverged"
 
 
@@ -181,6 +182,7 @@ def rest(t: Trainer, facts: list[c.Command], *, last_in_epoch: bool, final: bool
     """The boundary once its facts are built: lifecycle, commit, hooks and Ctrl-C."""
     boundary(t, facts, t._probe, lifecycle=not final, controller=last_in_epoch)
     if final:
+        t.recorder.flush()  # the run's last boundary: nothing after it would
         return "ended"
     source = t.replay_source
     if source is not None and source.finished():
@@ -194,6 +196,7 @@ def rest(t: Trainer, facts: list[c.Command], *, last_in_epoch: bool, final: bool
         # The boundary above ran in full, so the stop's snapshot is the state after it.
         commit(t, [checkpoint(t, t.epoch, snapshot=True, phase="after"),
                    stopped(t, "interrupted")])  # fmt: skip
+        t.recorder.flush()
         return "interrupted"
     return "continue"
 
@@ -245,6 +248,9 @@ def commit(t: Trainer, commands: list[c.Command]) -> list[Outcome]:
     if source is not None and source.exhausted():
         source.go_live(t)
         source = None
+    # The library's file work of the boundaries before (deferred by `project`): the commit in
+    # flight has had a training step to land, and the append below would wait for it anyway.
+    t.recorder.flush()
     try:
         outcomes = t.bus.execute_all(commands)
     except BaseException as exc:
@@ -256,12 +262,15 @@ def commit(t: Trainer, commands: list[c.Command]) -> list[Outcome]:
     to_seq = None
     if source is not None:
         to_seq = max((s for o in outcomes for s in o.seqs), default=t.projector.last_seq)
-    project(t, to_seq)
+    project(t, to_seq, defer=source is None)
     return outcomes
 
 
-def project(t: Trainer, to_seq: int | None = None) -> None:
-    """Apply the branch's events after the projector's position (up to `to_seq`)."""
+def project(t: Trainer, to_seq: int | None = None, *, defer: bool = False) -> None:
+    """Apply the branch's events after the projector's position (up to `to_seq`).
+
+    With `defer`, the library's file work for them waits for the next `recorder.flush`.
+    """
     assert t.db is not None and t.bus is not None
     after = t.projector.last_seq
     # The boundary's own events, from the rows its commit wrote (not read back: the commit
@@ -275,7 +284,7 @@ def project(t: Trainer, to_seq: int | None = None) -> None:
     for rec in records:
         # Read from one branch's view, nothing between `after` and this seq is visible on
         # it: the seqs between belong to other branches.
-        recorded = t.recorder.before(rec.event)
+        recorded = t.recorder.before(rec.event, defer=defer)
         t.projector.apply_visible(rec.seq, rec.event, after=after)
         if recorded is not None:
             recorded()

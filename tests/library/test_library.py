@@ -210,3 +210,49 @@ def test_ranking_reads_the_library_as_recorded_at_the_start(tmp_path: Path) -> N
     trainer = built_in_trainer(config, seed=5, db_path=run3)  # type: ignore[arg-type]
     trainer.run(3)
     assert {b for _, _, b in _germinated(run3)} != used
+
+
+def _comparable(row: OutcomeRow) -> OutcomeRow:
+    return attrs.evolve(row, run_id="", seconds=0.0)
+
+
+def _kernel_rows(db_path: Path) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+    """The run file's artifact and outcome rows, its run id and `seconds` (wall time) left out."""
+    with RunDatabase.open(db_path, readonly=True) as db:
+        tables = KernelTables(db.sql, writable=False)
+        arts = sorted(
+            attrs.astuple(tables.artifact(r.event.kernel_id))  # type: ignore[arg-type, attr-defined]
+            for r in db.read(types=["SeedGerminated"])
+        )
+        outs = sorted(attrs.astuple(_comparable(r)) for r in tables.outcomes())
+    return arts, outs
+
+
+def test_deferred_library_writes_land_as_immediate_ones_would(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The live trainer defers the recorder's file work to the next boundary's commit (the
+    # run file is still committing the boundary that projected the event): the rows it
+    # finally holds, and what ranking reads meanwhile, are those of recording at once.
+    from esper_es.trainer import boundary
+
+    config = _config(tmp_path, tmp_path / "library.db")
+    deferred_db, immediate_db = tmp_path / "deferred.db", tmp_path / "immediate.db"
+    waited: list[int] = []
+    trainer = built_in_trainer(config, seed=3, db_path=deferred_db)  # type: ignore[arg-type]
+    trainer.on_step = lambda t, step: waited.append(len(t.recorder._pending))
+    trainer.run(3)
+    assert max(waited) > 0, "some boundary deferred file work to the next one"
+    assert trainer.recorder._pending == []
+    seen_deferred = [_comparable(r) for r in trainer.recorder.seen]
+
+    project = boundary.project
+    monkeypatch.setattr(
+        boundary, "project", lambda t, to_seq=None, *, defer=False: project(t, to_seq)
+    )
+    config = _config(tmp_path, tmp_path / "library2.db")
+    trainer = built_in_trainer(config, seed=3, db_path=immediate_db)  # type: ignore[arg-type]
+    trainer.run(3)
+    assert [_comparable(r) for r in trainer.recorder.seen] == seen_deferred
+    assert seen_deferred, "the quick run ends kernels"
+    assert _kernel_rows(deferred_db) == _kernel_rows(immediate_db)

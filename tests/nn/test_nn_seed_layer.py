@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from nn_support import Log, shape_for
 from torch import Tensor, nn
 
-from esper_es.core.lifecycle import Stage
+from esper_es.core.lifecycle import BLENDING_STAGES, Stage
 from esper_es.nn import (
     CharTransformer,
     DigitsCNN,
@@ -232,3 +232,63 @@ def test_kernel_slots_lists_the_kernels_in_a_stage_only() -> None:
     assert layer.kernel_slots(Stage.GERMINATED) == [7]
     assert layer.kernel_slots(Stage.DORMANT) == []  # dormant slots hold no kernel
     assert layer.seed_ids()[100] == "l/100" and len(layer.seed_ids()) == 128
+
+
+_SLOT_STAGES = (Stage.DORMANT, Stage.GERMINATED, Stage.TRAINING, Stage.GRAFTING, Stage.FOSSILIZED)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 1),
+            st.sampled_from(_SLOT_STAGES),
+            st.sampled_from([0.0, -0.0, 0.25, 0.5, 1.0]),
+            st.sampled_from([0.0, -0.0, 0.75, 1.0]),
+        ),
+        max_size=12,
+    )
+)
+def test_set_slot_ends_where_the_three_setters_do(
+    moves: list[tuple[int, Stage, float, float]],
+) -> None:
+    one, three = SeedLayer("l", "vector", 3, 2), SeedLayer("l", "vector", 3, 2)
+    for layer in (one, three):
+        for i in range(2):
+            layer.set_kernel(i, build_kernel("mlp", "vector", 3, i))
+    for index, stage, alpha, target in moves:
+        if stage not in BLENDING_STAGES:
+            alpha = 0.0 * alpha  # L3: only a blending stage may have a non-zero alpha
+        one.set_slot(index, stage, alpha, target)
+        three.set_stage(index, stage)
+        three.set_alpha(index, alpha)
+        three.set_blend_target(index, target)
+        for name, buffer in three.state_dict().items():
+            if "kernels" not in name:
+                assert bits(one.state_dict()[name]) == bits(buffer), name
+        assert [(i, a) for i, _, a in one._plan] == [(i, a) for i, _, a in three._plan]
+        assert one.summary() == three.summary()
+
+
+def test_set_slot_refuses_before_changing_anything() -> None:
+    layer = SeedLayer("l", "vector", 3, 1)
+    layer.set_kernel(0, build_kernel("mlp", "vector", 3, 0))
+    layer.set_slot(0, Stage.GRAFTING, 0.5, 1.0)
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    with pytest.raises(ValueError, match="L3"):
+        layer.set_slot(0, Stage.TRAINING, 0.5, 0.25)  # alpha 0.5 outside a blending stage
+    assert layer.stage(0) is Stage.GRAFTING and layer.blend_target(0) == 1.0
+    assert all(torch.equal(before[k], v) for k, v in layer.state_dict().items())
+
+
+def test_slot_buffers_written_through_numpy_stay_the_module_buffers() -> None:
+    # The CPU write goes through a NumPy view of the buffer's memory: the state_dict (what a
+    # fingerprint reads) must see it, also after a dtype cast replaced the buffers.
+    layer = SeedLayer("l", "vector", 3, 1)
+    layer.set_kernel(0, build_kernel("mlp", "vector", 3, 0))
+    layer.half()
+    layer.set_slot(0, Stage.GRAFTING, 0.3, 0.9)
+    state = layer.state_dict()
+    assert state["alphas"].dtype == torch.float64 and float(state["alphas"][0]) == 0.3
+    assert float(state["blend_targets"][0]) == 0.9
+    assert int(state["stages"][0]) == list(Stage).index(Stage.GRAFTING)
