@@ -232,6 +232,23 @@ class SeedOrchestrator:
                 queue, self._queue = self.arrange(queue, step)
         return self._plan_tickets(queue, step, stats)
 
+    def quiet_boundary(self, step: int) -> bool:
+        """Note a boundary with nothing queued, as `commands_for_boundary` would; False (and
+        nothing noted) when a ticket is queued or a replay arranges the queue: plan those.
+
+        A trainer asks this first where nothing else can act (no seed has events): most
+        boundaries of a run, each ~5 µs cheaper than planning an empty queue (B2).
+        """
+        if self.arrange is not None:
+            return False
+        with self._lock:
+            if self._queue:
+                return False
+            self._boundary_thread = threading.get_ident()
+        self.step = max(self.step, step)
+        self.stats = {}
+        return True
+
     def _plan_tickets(
         self,
         queue: Sequence[ModificationTicket],

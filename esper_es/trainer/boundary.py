@@ -220,6 +220,8 @@ def boundary(
     # alone, recorded before this boundary's checkpoint (a resume from it has seen them) and
     # before a run's closing `TrainingStopped`, which must stay the last event of its log.
     facts = [fact(t, e) for e in t.outcomes.drain(t.step)] + list(facts)
+    if not facts and lifecycle and t.replay_source is None and _nothing_due(t, controller):
+        return
     commands = list(facts)
     if t.replay_source is not None and facts:
         # Re-executing: facts and lifecycle are matched against the log separately, so a
@@ -239,6 +241,21 @@ def boundary(
         t.replay_source.after_boundary(t)
     elif lifecycle:
         t.compilation.request()
+
+
+def _nothing_due(t: Trainer, controller: bool) -> bool:
+    """Whether no part of the lifecycle can act at this boundary (most boundaries of a run).
+
+    No seed has events (the driver and the stats cover those only), compilation is idle, the
+    controller is not due and nothing is queued (`SeedOrchestrator.quiet_boundary`, which notes
+    the boundary as planning an empty queue would): the boundary then commits nothing, and
+    skipping the calls that would each find that out saves ~5 µs between two steps (B2).
+    """
+    assert t.bus is not None and t.orchestrator is not None
+    every = t.config.train.controller_every_steps
+    if t.controller is not None and (controller or (every > 0 and t.step % every == 0)):
+        return False
+    return not t.bus.seeds and t.compilation.idle and t.orchestrator.quiet_boundary(t.step)
 
 
 def commit(t: Trainer, commands: list[c.Command]) -> list[Outcome]:

@@ -54,6 +54,11 @@ class KernelCompilation:
         """Whether this trainer compiles (its config's `[library] compile`)."""
         return bool(self.t.config.library.compile)
 
+    @property
+    def idle(self) -> bool:
+        """Whether `facts` and `request` have nothing to do (compilation off, none started)."""
+        return self.compiler is None and not self.enabled
+
     def prepare(self) -> None:
         """Before the first step, with compilation on: import what loading artifacts needs."""
         if self.enabled and not self._prepared:

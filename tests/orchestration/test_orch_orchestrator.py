@@ -234,3 +234,27 @@ def test_stats_drive_replace_through_the_boundary(make_run: MakeRun) -> None:
         ("ReleaseSeed", "layer1/1"),
         ("GerminateSeed", "layer1/1"),
     ]
+
+
+def test_a_quiet_boundary_is_noted_as_planning_an_empty_queue_would(make_run: MakeRun) -> None:
+    run = make_run({"layer1": 2})
+    quiet, planned = run.orchestrator(), run.orchestrator()
+    head = run.db.head_seq()
+    assert quiet.quiet_boundary(7) is True
+    assert planned.commands_for_boundary(7, {}) == []
+    for orch in (quiet, planned):
+        assert (orch.step, orch.stats, orch._boundary_thread) == (7, {}, threading.get_ident())
+    assert quiet.quiet_boundary(3) and quiet.step == 7  # the step never goes back
+    assert run.db.head_seq() == head
+
+
+def test_a_queued_decision_or_a_replay_makes_a_boundary_not_quiet(make_run: MakeRun) -> None:
+    run = make_run({"layer1": 2})
+    orch = run.orchestrator()
+    trainer = FakeTrainer(orch, run.bus)
+    ticket = orch.submit(add(1))
+    assert orch.quiet_boundary(5) is False and orch.step == 0  # nothing noted: plan it
+    trainer.boundary(5)
+    assert ticket.result(0)[0]
+    orch.arrange = lambda queue, step: (queue, [])
+    assert orch.quiet_boundary(6) is False
