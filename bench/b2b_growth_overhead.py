@@ -9,6 +9,11 @@ Variants interleaved in one process (the order alternates every repetition); the
 median over repetitions of (growing run ÷ plain loop of the same repetition); 1 intra-op
 thread. Target (issue 12): ≤ 1.15.
 
+Where a growing run's extra time goes, from wall-clock timers around three trainer functions
+(`parts`, microseconds of overhead per call): the seeds' own-loss passes, the separate seed
+signal measurements, and the step boundaries (lifecycle commands, commits, contributions,
+validation, checkpoints). They are medians over the growing runs, in seconds.
+
     .venv/bin/python bench/b2b_growth_overhead.py [--reps 5] [--widths 4,64]
 """
 
@@ -19,8 +24,12 @@ import copy
 import statistics
 import sys
 import tempfile
+import time
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import attrs
 from torch import nn
@@ -31,8 +40,42 @@ from bench._common import load_average, print_machine, table
 from bench._loops import clocked, digits, plain_loop
 from esper_es.config import RunConfig
 from esper_es.nn.placement import find_seed_layers
+from esper_es.nn.telemetry import SeedTelemetry
 from esper_es.runtime.environment import configure_determinism, pin_threads
+from esper_es.trainer import boundary, step
 from esper_es.trainer.api import built_in_trainer
+
+#: (label, owner, attribute) of each timed part; the trainer looks each up at call time.
+PARTS: tuple[tuple[str, Any, str], ...] = (
+    ("own-loss passes", step, "train_seeds_on_own_loss"),
+    ("signal measurements", SeedTelemetry, "observe_all"),
+    ("boundaries", boundary, "after_step"),
+)
+
+
+@contextmanager
+def parts() -> Iterator[Counter[str]]:
+    """Seconds spent in each of `PARTS` while the block runs."""
+    spent: Counter[str] = Counter()
+    saved = [(owner, name, getattr(owner, name)) for _, owner, name in PARTS]
+
+    def timer(label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[label] += time.perf_counter() - t0
+
+        return timed
+
+    try:
+        for (label, owner, name), (_, _, fn) in zip(PARTS, saved, strict=True):
+            setattr(owner, name, timer(label, fn))
+        yield spent
+    finally:
+        for owner, name, fn in saved:
+            setattr(owner, name, fn)
 
 
 def default_run(width: int) -> RunConfig:
@@ -59,19 +102,23 @@ def grown(model: nn.Module) -> str:
     return ", ".join(f"{s} {n}" for s, n in sorted(stages.items())) or "none"
 
 
-def measure(width: int, reps: int, directory: str) -> tuple[list[float], list[float], str]:
-    """(growing-run seconds, plain-loop seconds, the grown kernels), interleaved."""
+def measure(
+    width: int, reps: int, directory: str
+) -> tuple[list[float], list[float], str, list[Counter[str]]]:
+    """(growing-run seconds, plain-loop seconds, the grown kernels, their parts), interleaved."""
     config = default_run(width)
     data = digits(0)
     _, final = grow(config, directory)  # warm-up, and the architecture it grows
-    grew, plain = [], []
+    grew, plain, split = [], [], []
     for rep in range(reps):
         for which in ("grow", "plain") if rep % 2 == 0 else ("plain", "grow"):
             if which == "grow":
-                grew.append(grow(config, directory)[0])
+                with parts() as spent:
+                    grew.append(grow(config, directory)[0])
+                split.append(spent)
             else:
                 plain.append(clocked(plain_loop(copy.deepcopy(final), data, config, 0))[0])
-    return grew, plain, grown(final)
+    return grew, plain, grown(final), split
 
 
 def main() -> int:
@@ -82,16 +129,20 @@ def main() -> int:
     args = ap.parse_args()
     pin_threads(1, None)
     configure_determinism()
-    rows = []
+    rows, split_rows = [], []
     with tempfile.TemporaryDirectory() as d:
         for w in (int(x) for x in args.widths.split(",")):
-            grew, plain, kernels = measure(w, args.reps, d)
+            grew, plain, kernels, split = measure(w, args.reps, d)
             ratios = [a / b for a, b in zip(grew, plain, strict=True)]
             rows.append([
                 f"width {w}", kernels, f"{statistics.median(grew):.3f}",
                 f"{statistics.median(plain):.3f}",
                 f"**{statistics.median(ratios):.3f}** ({min(ratios):.2f}-{max(ratios):.2f})",
             ])  # fmt: skip
+            split_rows.append(
+                [f"width {w}", f"{statistics.median(grew):.3f}"]
+                + [f"{statistics.median(s[label] for s in split):.3f}" for label, _, _ in PARTS]
+            )
     print("## B2b: a growing run ÷ a plain loop of the grown architecture\n")
     print_machine()
     print(f"\n{args.reps} interleaved repetitions after a warm-up; medians; in brackets the "
@@ -101,6 +152,8 @@ def main() -> int:
         ["host", "kernels at the end", "growing run s", "plain loop s", "ratio (target ≤ 1.15)"],
         rows,
     )
+    print("\nWithin the growing run (s, medians):\n")
+    table(["host", "growing run", *(label for label, _, _ in PARTS)], split_rows)
     return 0
 
 
