@@ -384,3 +384,11 @@ def _norm(shape_kind: str, channels: int, config: Mapping[str, Any]) -> nn.Modul
 
 
 BUILTIN_BLUEPRINTS: Final = known_blueprints()
+#: The built-in blueprints as registered at import (a user may re-register a name with `replace`).
+_BUILTIN_RECIPES: Final = dict(_REGISTRY)
+
+
+def is_builtin_blueprint(name: str) -> bool:
+    """Whether `name` is registered as the blueprint esper-es ships under that name."""
+    recipe = _BUILTIN_RECIPES.get(name)
+    return recipe is not None and _REGISTRY.get(name) is recipe

@@ -7,7 +7,9 @@
   each with `attn` and `mlp`.
 
 All use only ops that are deterministic on CPU. Passing `seed` initialises the host from that
-seed without touching the caller's global RNG stream.
+seed without touching the caller's global RNG stream. None has a module that computes
+differently in training and evaluation mode, so each can resume its forward at a module whose
+output is all the rest reads (`nn.resumable`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
+
+from esper_es.nn.resumable import chain_after
 
 
 @contextmanager
@@ -46,11 +50,22 @@ class DigitsCNN(nn.Module):
             self.flatten = nn.Flatten()
             self.head = nn.Linear(width * 16, num_classes)
 
+    #: The modules `forward` calls, in order, each on the previous one's output.
+    CHAIN = ("stem", "layer1", "layer2", "pool", "flatten", "head")
+
     def forward(self, x: Tensor) -> Tensor:
         """Logits for a batch of (B, 1, 8, 8) images."""
         h = self.layer2(self.layer1(self.stem(x)))
         out: Tensor = self.head(self.flatten(self.pool(h)))
         return out
+
+    def resumes_at(self, point: str) -> bool:
+        """Whether `forward_after` can start at `point` (any module of `CHAIN`)."""
+        return point in self.CHAIN
+
+    def forward_after(self, point: str, output: Tensor) -> Tensor:
+        """The logits `forward` returns when the module at `point` (in `CHAIN`) gave `output`."""
+        return chain_after(self, self.CHAIN, point, output)
 
     def example_input(self, batch: int = 2) -> Tensor:
         """A zero batch of the host's input shape, for placement's dry run."""
@@ -74,10 +89,21 @@ class VectorMLP(nn.Module):
             self.layer2 = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU())
             self.head = nn.Linear(hidden, num_classes)
 
+    #: The modules `forward` calls, in order, each on the previous one's output.
+    CHAIN = ("layer1", "layer2", "head")
+
     def forward(self, x: Tensor) -> Tensor:
         """Logits for a batch of (B, in_features) vectors."""
         out: Tensor = self.head(self.layer2(self.layer1(x)))
         return out
+
+    def resumes_at(self, point: str) -> bool:
+        """Whether `forward_after` can start at `point` (any module of `CHAIN`)."""
+        return point in self.CHAIN
+
+    def forward_after(self, point: str, output: Tensor) -> Tensor:
+        """The logits `forward` returns when the module at `point` (in `CHAIN`) gave `output`."""
+        return chain_after(self, self.CHAIN, point, output)
 
     def example_input(self, batch: int = 2) -> Tensor:
         """A zero batch of the host's input shape."""
@@ -158,6 +184,18 @@ class CharTransformer(nn.Module):
             x = block(x)
         out: Tensor = self.head(self.ln_f(x))
         return out
+
+    def _chain(self) -> tuple[str, ...]:
+        # A block's output is the whole residual stream: what follows reads nothing else.
+        return (*(f"blocks.{i}" for i in range(len(self.blocks))), "ln_f", "head")
+
+    def resumes_at(self, point: str) -> bool:
+        """Whether `forward_after` can start at `point`: `blocks.i`, `ln_f` or `head`."""
+        return point in self._chain()
+
+    def forward_after(self, point: str, output: Tensor) -> Tensor:
+        """The logits `forward` returns when `blocks.i`, `ln_f` or `head` gave `output`."""
+        return chain_after(self, self._chain(), point, output)
 
     def example_input(self, batch: int = 2, length: int = 8) -> Tensor:
         """A zero batch of token ids."""

@@ -96,6 +96,9 @@ class SeedHook:
     def __call__(self, module: nn.Module, args: Any, output: Any) -> Any:
         """None (output unchanged) while no seed is active, else the seed layer's output."""
         layer = self.layer
+        capture = layer.capture
+        if capture.on:
+            capture.keep(output)
         # Calling the dormant seed layer as a module would cost its __call__ machinery on every
         # step (B1); its forward would return `output` unchanged anyway.
         if not layer._plan:

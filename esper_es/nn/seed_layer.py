@@ -34,6 +34,33 @@ STAGES_BY_CODE: Final = tuple(Stage)
 PlanEntry = tuple[int, Kernel, float | None]
 
 
+class ActivationCapture:
+    """The activation a seed layer last received while `on` (its hook keeps it; `take` reads it).
+
+    The trainer switches it on for its training pass, so a TRAINING seed's own pass can start
+    from the activation at its point instead of recomputing the layers before it
+    (`nn.resumable`). `take` returns it only if nothing has changed it in place since.
+    """
+
+    __slots__ = ("on", "tensor", "version")
+
+    def __init__(self) -> None:
+        self.on = False
+        self.tensor: Tensor | None = None
+        self.version = 0
+
+    def keep(self, tensor: Tensor) -> None:
+        """Hold `tensor` (no copy) and its in-place version counter."""
+        self.tensor, self.version = tensor, tensor._version
+
+    def take(self) -> Tensor | None:
+        """The kept activation, detached, unless it was modified in place; forgets it."""
+        tensor, self.tensor = self.tensor, None
+        if tensor is None or tensor._version != self.version:
+            return None
+        return tensor.detach()
+
+
 class SeedLayer(nn.Module):
     """N seed slots on one activation of kind image (B,C,H,W), sequence (B,T,C) or vector (B,C)."""
 
@@ -74,6 +101,7 @@ class SeedLayer(nn.Module):
         self._isolated_training = True
         self._plan: tuple[PlanEntry, ...] = ()
         self._seed_ids = tuple(f"{name}/{i}" for i in range(self.num_seeds))
+        self.capture = ActivationCapture()
         self.register_load_state_dict_post_hook(_after_load)  # type: ignore[no-untyped-call]
 
     # --- slots ----------------------------------------------------------------------------

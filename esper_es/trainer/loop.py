@@ -71,6 +71,7 @@ from esper_es.trainer.driver import DriverSettings, LifecycleDriver
 from esper_es.trainer.evaluation import LossAndMetric
 from esper_es.trainer.ids import RunIds
 from esper_es.trainer.interrupts import progress_bar, stop_on_sigint
+from esper_es.trainer.own_pass import OwnPass, output_loss
 from esper_es.trainer.replay_source import Position, ReplaySource
 from esper_es.trainer.result import TrainResult, result_of
 from esper_es.trainer.telemetry import (
@@ -143,6 +144,7 @@ class Trainer:
         #: Where the model, its kernels, the batches and the optimizer state live.
         self.device = training_device(config.runtime.device, config.runtime.deterministic)
         self.loss_fn = loss_fn
+        self.own_pass = OwnPass(output_loss(loss_fn))
         self.metric_fn = metric_fn
         #: Validation's loss and metric from one forward pass (`evaluation.evaluate`), if known.
         self.loss_and_metric = loss_and_metric

@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from esper_es.core.lifecycle import Stage
 from esper_es.runtime import dynamo_free
 from esper_es.trainer.schedule import apply_lr, lr_factor
@@ -21,7 +19,13 @@ def train_step(t: Trainer, batch: Batch) -> float:
     """One optimizer step on `batch`; returns its loss (a non-finite one marks divergence)."""
     _train_mode(t)
     t.optimizer.zero_grad(set_to_none=True)
-    loss = t.loss_fn(t.model, batch)
+    training = t.own_pass.training_seeds(t)
+    captured = t.own_pass.capture(t, training)
+    try:
+        loss = t.loss_fn(t.model, batch)
+    finally:
+        for layer in captured:
+            layer.capture.on = False
     loss.backward()  # type: ignore[no-untyped-call]
     every = t.config.driver.observe_every
     observing = t.measures_telemetry and (t.step + 1) % every == 0
@@ -29,7 +33,7 @@ def train_step(t: Trainer, batch: Batch) -> float:
     without = math.nan
     if t.config.train.seed_training == "own_loss":
         shared = observing and t.config.driver.signal_pass == "shared"
-        without, signals = train_seeds_on_own_loss(t, batch, measure=shared)
+        without, signals = t.own_pass.run(t, batch, training, captured, measure=shared)
         observing = observing and not shared
     schedule = t.config.train
     if schedule.lr_schedule != "constant":
@@ -72,51 +76,3 @@ def _train_mode(t: Trainer) -> None:
     if t.train_mode_at != seq or not t.model.training:
         t.model.train()
         t.train_mode_at = seq
-
-
-def train_seeds_on_own_loss(
-    t: Trainer, batch: Batch, measure: bool = False
-) -> tuple[float, list[tuple[str, float]]]:
-    """Give each TRAINING kernel the gradient of the loss with it blended at alpha 1.
-
-    The straight-through gradient `isolation.isolated` hands a TRAINING kernel is dL/dh at
-    the host's own activation h, which the kernel's output never moves: with no feedback the
-    kernel keeps following it (measured on digits: the seed's paired advantage goes
-    negative, i.e. blending it would hurt). So it is replaced by the gradient of the seed's
-    own loss, L(h + k(h)), taken with respect to the kernel's parameters only
-    (`autograd.grad` accumulates nothing into the host's `.grad`, and the pass runs in eval
-    mode, so batch-norm statistics are not touched): the host's outputs and gradients stay
-    exactly as without the seed (L8).
-
-    With `measure` it also returns the seed signals' measurement of this batch (`driver.
-    signal_pass = "shared"`): the loss of the model as it stands, and each seed's own loss,
-    which is the value this pass computes anyway. Measuring them after the step instead costs
-    one more forward pass per seed; the shared pass needs one in all (the loss without).
-    """
-    training = [(ly, i) for ly in t.layers.values() for i in ly.kernel_slots(Stage.TRAINING)]
-    signals: list[tuple[str, float]] = []
-    without = math.nan
-    if not training:
-        return without, signals
-    modes = [(m, m.training) for m in t.model.modules()]
-    try:
-        t.model.eval()
-        if measure:
-            # TRAINING kernels are out of the forward pass here (`isolated_training` is off).
-            with torch.no_grad(), torch.random.fork_rng(devices=[]):
-                without = float(t.loss_fn(t.model, batch))
-        for layer, i in training:
-            kernel = layer.kernel(i)
-            assert kernel is not None  # a TRAINING slot holds its kernel (L4)
-            params = [p for p in kernel.parameters() if p.requires_grad]
-            with layer.override_alphas({i: 1.0}):
-                own = t.loss_fn(t.model, batch)
-            if measure:
-                signals.append((layer.seed_ids()[i], float(own.detach())))
-            grads = torch.autograd.grad(own, params, allow_unused=True)
-            for p, g in zip(params, grads, strict=True):
-                p.grad = None if g is None else g.detach()
-    finally:
-        for m, was in modes:
-            m.training = was
-    return without, signals

@@ -46,9 +46,18 @@ class Task:
 
 def classification_loss(model: nn.Module, batch: Batch) -> Tensor:
     """Cross-entropy of the model's logits; sequence logits (B, T, V) are flattened."""
-    x, y = batch
-    logits = model(x)
+    return cross_entropy_of(model(batch[0]), batch)
+
+
+def cross_entropy_of(logits: Tensor, batch: Batch) -> Tensor:
+    """`classification_loss` of `logits` already computed for `batch`."""
+    y = batch[1]
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+
+def output_loss(loss_fn: Callable[..., Any]) -> Callable[[Tensor, Batch], Tensor] | None:
+    """`loss_fn` as a function of the model's output, if it is a built-in loss (else None)."""
+    return cross_entropy_of if loss_fn is classification_loss else None
 
 
 def accuracy(model: nn.Module, batch: Batch) -> float:

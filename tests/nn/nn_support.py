@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
+from collections.abc import Callable, Mapping
+from types import SimpleNamespace
 from typing import Any
+
+import torch
+from hypothesis import strategies as st
+from torch import Tensor, nn
 
 from esper_es.core import commands as c
 from esper_es.core import events as ev
 from esper_es.core.config import LifecycleConfig
 from esper_es.core.decider import Context, decide, evolve, layer_of
 from esper_es.core.state import LayerState, SeedState
+from esper_es.nn import CharTransformer, DigitsCNN, Projector, VectorMLP, place_seed_layers
 from esper_es.nn.kernels import kernel_id_for
 from esper_es.nn.seed_layer import SeedLayer
 
@@ -90,3 +98,79 @@ def shape_for(kind: str, channels: int, batch: int = 2, extent: int = 3) -> tupl
     if kind == SEQUENCE:
         return (batch, extent + 2, channels)
     return (batch, channels)
+
+
+HostCase = tuple[Callable[[int], nn.Module], tuple[str, ...], Callable[[torch.Generator], Tensor]]
+HOSTS: dict[str, HostCase] = {
+    "cnn": (
+        lambda s: DigitsCNN(seed=s),
+        ("stem", "layer1", "layer2"),
+        lambda g: torch.randn(3, 1, 8, 8, generator=g),
+    ),
+    "mlp": (
+        lambda s: VectorMLP(in_features=12, hidden=6, seed=s),
+        ("layer1", "layer2"),
+        lambda g: torch.randn(4, 12, generator=g),
+    ),
+    "transformer": (
+        lambda s: CharTransformer(vocab_size=11, d_model=8, n_heads=2, max_len=12, seed=s),
+        ("blocks.0", "blocks.1.mlp", "blocks.0.attn"),
+        lambda g: torch.randint(0, 11, (2, 9), generator=g),
+    ),
+}
+
+
+def bits(t: Tensor) -> bytes:
+    """Exact bytes, so -0.0 and +0.0 differ."""
+    return t.detach().contiguous().numpy().tobytes()
+
+
+def host_grads(model: nn.Module) -> dict[str, bytes]:
+    """Gradients of the host's own parameters, keyed by their pre-placement names."""
+    out = {}
+    for name, p in model.named_parameters():
+        if name.startswith("esper_seeds."):
+            continue
+        key = name
+        out[key] = bits(p.grad) if p.grad is not None else b"none"
+    return out
+
+
+def seeded_case(data: st.DataObject, stage: str) -> tuple[nn.Module, nn.Module, Tensor, Projector]:
+    """A host, its untouched twin, an input, and the host's projector after seeds reach `stage`."""
+    host_name = data.draw(st.sampled_from(sorted(HOSTS)), label="host")
+    make, paths, make_input = HOSTS[host_name]
+    host_seed = data.draw(st.integers(0, 2**16), label="host_seed")
+    plain = make(host_seed)
+    model = copy.deepcopy(plain)
+    chosen = data.draw(st.sets(st.sampled_from(paths), min_size=1), label="paths")
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16), label="input_seed"))
+    x = make_input(g)
+    layers = place_seed_layers(model, {p: 2 for p in sorted(chosen)}, x)
+    log = Log()
+    for layer in layers.values():
+        log.register(layer)
+        for seed in layer.seed_ids():
+            if not data.draw(st.booleans(), label=f"use {seed}"):
+                continue
+            bp = data.draw(st.sampled_from(layer.blueprints), label=f"bp {seed}")
+            log.germinate(seed, bp, init_seed=data.draw(st.integers(0, 2**63 - 1)))
+            if stage == "TRAINING":
+                log.walk(seed, "start_training")
+    proj = Projector(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    proj.apply_all(log.pairs())
+    return model, plain, x, proj
+
+
+def own_pass_trainer(model: nn.Module, layers: Mapping[str, SeedLayer], loss: Any) -> Any:
+    """What `trainer.own_pass.OwnPass` reads of a trainer, for a model outside a run."""
+    config = SimpleNamespace(
+        train=SimpleNamespace(seed_training="own_loss"), library=SimpleNamespace(compile=False)
+    )
+    return SimpleNamespace(
+        config=config,
+        layers=dict(layers),
+        model=model,
+        loss_fn=loss,
+        projector=SimpleNamespace(last_seq=0),
+    )

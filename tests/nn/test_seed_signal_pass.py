@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import attrs
 import torch
 import torch.nn.functional as F
-from nn_support import Log
+from nn_support import Log, own_pass_trainer
 from torch import nn
 
 from esper_es.config import RunConfig
@@ -18,7 +17,7 @@ from esper_es.nn import DigitsCNN, Projector, model_fingerprint, place_seed_laye
 from esper_es.replay.replayer import replay
 from esper_es.store.database import RunDatabase
 from esper_es.trainer.api import built_in_trainer
-from esper_es.trainer.step import train_seeds_on_own_loss
+from esper_es.trainer.own_pass import OwnPass
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -43,8 +42,7 @@ def two_training_seeds() -> tuple[nn.Module, Any, Batch]:
         layer.isolated_training = False  # as the trainer sets it under `own_loss`
     g = torch.Generator().manual_seed(0)
     batch = (torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g))
-    trainer = SimpleNamespace(layers=layers, model=model, loss_fn=loss)
-    return model, trainer, batch
+    return model, own_pass_trainer(model, layers, loss), batch
 
 
 def test_the_shared_pass_measures_what_separate_passes_measure_with_fewer_forwards() -> None:
@@ -55,7 +53,8 @@ def test_the_shared_pass_measures_what_separate_passes_measure_with_fewer_forwar
     forwards = []
     model.register_forward_hook(lambda *_: forwards.append(torch.is_grad_enabled()))
 
-    without, signals = train_seeds_on_own_loss(trainer, batch, measure=True)
+    own = OwnPass(None)  # through the host's whole forward, as a user's loss needs
+    without, signals = own.run(trainer, batch, own.training_seeds(trainer), [], measure=True)
 
     assert [s for s, _ in signals] == ["layer1/1", "layer2/0"]
     for seed, with_seed in signals:
@@ -81,7 +80,8 @@ def test_the_shared_pass_measures_what_separate_passes_measure_with_fewer_forwar
 
 def test_without_measuring_the_pass_returns_no_signal() -> None:
     _, trainer, batch = two_training_seeds()
-    without, signals = train_seeds_on_own_loss(trainer, batch)
+    own = OwnPass(None)
+    without, signals = own.run(trainer, batch, own.training_seeds(trainer), [])
     assert math.isnan(without) and signals == []
 
 

@@ -1,0 +1,59 @@
+"""Hosts whose forward can resume at a seed point, so a seed's own pass skips the layers before it.
+
+A seed in TRAINING learns from its own loss: the host's output with the seed blended at alpha
+1 (`trainer.step.train_seeds_on_own_loss`). Through the host's `forward` that pass recomputes
+every layer before the seed point, although the training pass of the same step has just
+computed the same activation there from the same weights. A host that implements
+`forward_after(point, output)` (the rest of its `forward` once the module at `point` returned
+`output`) lets the trainer start the own pass from that activation instead.
+
+The two activations are the same bits only if nothing before the point computes differently
+in training and evaluation mode (the training pass runs in one, the own pass in the other), so
+a host implements `forward_after` only where that holds for its own modules, as every built-in
+host does (no batch norm, no dropout). The kernels blended before the point must hold it too:
+`mode_independent_kernels` accepts only esper-es's built-in blueprints, none of which depends on
+the mode; a model holding any other kernel takes the full forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from torch import Tensor, nn
+
+from esper_es.nn.blueprints import is_builtin_blueprint
+from esper_es.nn.kernels import Kernel
+
+
+@runtime_checkable
+class ResumableHost(Protocol):
+    """A host that can finish its `forward` from the output of one of its modules."""
+
+    def resumes_at(self, point: str) -> bool:
+        """Whether `forward_after` can start at the module at `point`."""
+        ...
+
+    def forward_after(self, point: str, output: Tensor) -> Tensor:
+        """What `forward` returns when the module at `point` returned `output`.
+
+        Raises KeyError for a point it cannot resume at. The modules after `point` are called
+        as `forward` calls them (their hooks, seed layers included, run).
+        """
+        ...
+
+
+def chain_after(host: nn.Module, chain: Sequence[str], point: str, output: Tensor) -> Tensor:
+    """`output` through the modules of `chain` after `point` (a host whose forward is a chain)."""
+    try:
+        start = chain.index(point) + 1
+    except ValueError:
+        raise KeyError(f"{type(host).__name__} cannot resume its forward at {point!r}") from None
+    for name in chain[start:]:
+        output = host.get_submodule(name)(output)
+    return output
+
+
+def mode_independent_kernels(model: nn.Module) -> bool:
+    """Whether every kernel in `model` is of a built-in blueprint (none depends on the mode)."""
+    return all(is_builtin_blueprint(m.blueprint) for m in model.modules() if isinstance(m, Kernel))
