@@ -42,12 +42,13 @@ from esper_es.config import RunConfig
 from esper_es.nn.placement import find_seed_layers
 from esper_es.nn.telemetry import SeedTelemetry
 from esper_es.runtime.environment import configure_determinism, pin_threads
-from esper_es.trainer import boundary, step
+from esper_es.trainer import boundary
 from esper_es.trainer.api import built_in_trainer
+from esper_es.trainer.own_pass import OwnPass
 
 #: (label, owner, attribute) of each timed part; the trainer looks each up at call time.
 PARTS: tuple[tuple[str, Any, str], ...] = (
-    ("own-loss passes", step, "train_seeds_on_own_loss"),
+    ("own-loss passes", OwnPass, "run"),
     ("signal measurements", SeedTelemetry, "observe_all"),
     ("boundaries", boundary, "after_step"),
 )

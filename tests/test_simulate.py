@@ -127,3 +127,31 @@ def test_ctrl_c_inside_a_step_is_reported_as_interrupted(
     assert result.steps == 50
     report = verify(db)
     assert report.head_seq == result.events > 0
+
+
+def test_a_sigint_landing_inside_a_lifecycle_trigger_still_stops_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `transitions` swallows whatever is raised while it finishes a trigger (it catches
+    # BaseException around its finalize step); a Ctrl-C landing there was lost and the run
+    # went on to its last event. Deliver a real SIGINT at exactly that point.
+    import os
+    import signal
+
+    import transitions.core
+
+    real_debug = transitions.core._LOGGER.debug
+    calls = [0]
+
+    def debug(msg: str, *args: object) -> None:
+        calls[0] += 1
+        if calls[0] == 200 and "finalize" in msg:
+            os.kill(os.getpid(), signal.SIGINT)
+        real_debug(msg, *args)
+
+    monkeypatch.setattr(transitions.core._LOGGER, "debug", debug)
+    # 200th debug call: well inside the run, far from its end.
+    result = simulate(tmp_path / "sig.db", events=200_000)
+    assert result.interrupted is True and result.events < 200_000
+    assert verify(tmp_path / "sig.db").head_seq == result.events
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
