@@ -174,3 +174,27 @@ def own_pass_trainer(model: nn.Module, layers: Mapping[str, SeedLayer], loss: An
         loss_fn=loss,
         projector=SimpleNamespace(last_seq=0),
     )
+
+
+def grown_digits(
+    counts: Mapping[str, int], seeds: list[tuple[str, str, int, float | None]], host_seed: int = 0
+) -> tuple[nn.Module, dict[str, SeedLayer]]:
+    """A DigitsCNN with seed layers at `counts` and `seeds` grown: (seed, blueprint, init seed,
+    blend alpha, or None to leave it in TRAINING), projected; training seeds left out of the
+    forward pass, as the trainer sets them under `own_loss`."""
+    model = DigitsCNN(seed=host_seed)
+    layers = place_seed_layers(model, dict(counts), model.example_input())
+    log = Log()
+    for layer in layers.values():
+        log.register(layer)
+    for seed, blueprint, init_seed, alpha in seeds:
+        log.germinate(seed, blueprint, init_seed=init_seed)
+        if alpha is None:
+            log.walk(seed, "start_training")
+        else:
+            log.walk(seed, "start_training", "start_grafting")
+            log.blend(seed, alpha)
+    Projector(model).apply_all(log.pairs())
+    for layer in layers.values():
+        layer.isolated_training = False
+    return model, layers

@@ -9,7 +9,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from nn_support import Log, bits, host_grads, own_pass_trainer, seeded_case
+from nn_support import Log, bits, grown_digits, host_grads, own_pass_trainer, seeded_case
 from torch import Tensor, nn
 
 from esper_es.core.lifecycle import Stage
@@ -78,19 +78,11 @@ def test_l8_the_resumed_own_pass_gives_the_full_pass_bits_and_leaves_the_host_al
 
 
 def test_a_blending_seed_before_the_point_is_in_the_activation_the_pass_starts_from() -> None:
-    model = DigitsCNN(seed=1)
-    layers = place_seed_layers(model, {"layer1": 1, "layer2": 1}, model.example_input())
-    log = Log()
-    for layer in layers.values():
-        log.register(layer)
-    log.germinate("layer1/0", "conv3x3", init_seed=4)
-    log.walk("layer1/0", "start_training", "start_grafting")
-    log.blend("layer1/0", 0.5)
-    log.germinate("layer2/0", "mlp", init_seed=5)
-    log.walk("layer2/0", "start_training")
-    Projector(model).apply_all(log.pairs())
-    for layer in layers.values():
-        layer.isolated_training = False
+    model, _ = grown_digits(
+        {"layer1": 1, "layer2": 1},
+        [("layer1/0", "conv3x3", 4, 0.5), ("layer2/0", "mlp", 5, None)],
+        host_seed=1,
+    )
     g = torch.Generator().manual_seed(0)
     x = torch.randn(8, 1, 8, 8, generator=g)
     batch = (x, targets(x, g))

@@ -9,11 +9,11 @@ from typing import Any
 import attrs
 import torch
 import torch.nn.functional as F
-from nn_support import Log, own_pass_trainer
+from nn_support import grown_digits, own_pass_trainer
 from torch import nn
 
 from esper_es.config import RunConfig
-from esper_es.nn import DigitsCNN, Projector, model_fingerprint, place_seed_layers, seed_losses
+from esper_es.nn import model_fingerprint, seed_losses
 from esper_es.replay.replayer import replay
 from esper_es.store.database import RunDatabase
 from esper_es.trainer.api import built_in_trainer
@@ -28,18 +28,10 @@ def loss(model: nn.Module, batch: Any) -> torch.Tensor:
 
 
 def two_training_seeds() -> tuple[nn.Module, Any, Batch]:
-    model = DigitsCNN(seed=0)
-    layers = place_seed_layers(model, {"layer1": 2, "layer2": 1}, model.example_input())
-    log = Log()
-    for layer in layers.values():
-        log.register(layer)
-    log.germinate("layer1/1", "lora", init_seed=2)
-    log.walk("layer1/1", "start_training")
-    log.germinate("layer2/0", "conv3x3", init_seed=3)
-    log.walk("layer2/0", "start_training")
-    Projector(model).apply_all(log.pairs())
-    for layer in layers.values():
-        layer.isolated_training = False  # as the trainer sets it under `own_loss`
+    model, layers = grown_digits(
+        {"layer1": 2, "layer2": 1},
+        [("layer1/1", "lora", 2, None), ("layer2/0", "conv3x3", 3, None)],
+    )
     g = torch.Generator().manual_seed(0)
     batch = (torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g))
     return model, own_pass_trainer(model, layers, loss), batch
