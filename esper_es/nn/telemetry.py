@@ -26,12 +26,15 @@ import torch
 from torch import Tensor, nn
 
 from esper_es.nn.placement import find_seed_layers
+from esper_es.nn.resumable import ResumableHost
 from esper_es.nn.seed_layer import SeedLayer
 
 #: metric(model, batch) -> a number; higher is better for contributions (e.g. accuracy, -loss).
 Metric = Callable[[nn.Module, Any], float]
 #: loss(model, batch) -> a scalar tensor or float; lower is better.
 LossFn = Callable[[nn.Module, Any], "Tensor | float"]
+#: The same loss from the model's output: (output, batch) -> a scalar tensor.
+OutputLoss = Callable[[Tensor, Any], Tensor]
 
 
 @contextmanager
@@ -55,13 +58,39 @@ def _locate(model: nn.Module, seed: str) -> tuple[SeedLayer, int]:
     return layer, layer.index_of(seed)
 
 
-def counterfactual_contribution(model: nn.Module, seed: str, batch: Any, metric: Metric) -> float:
-    """metric(seed at its alpha) - metric(seed's alpha forced to 0), side-effect free."""
+def counterfactual_contribution(
+    model: nn.Module,
+    seed: str,
+    batch: Any,
+    metric: Metric,
+    output_metric: Callable[[Tensor, Any], float] | None = None,
+) -> float:
+    """metric(seed at its alpha) - metric(seed's alpha forced to 0), side-effect free.
+
+    Given `output_metric` (the same metric from the model's output) and a host that can resume
+    its forward at the seed's point (`nn.resumable`), the second pass starts from the
+    activation the first computed there (both eval mode, no autograd, the same weights: the
+    same bits), so the layers before the point run once.
+    """
     layer, index = _locate(model, seed)
+    resumes = (
+        output_metric is not None
+        and isinstance(model, ResumableHost)
+        and model.resumes_at(layer.name)
+    )
     with quiet_eval(model):
-        with_seed = float(metric(model, batch))
+        layer.capture.on = resumes
+        try:
+            with_seed = float(metric(model, batch))
+        finally:
+            layer.capture.on = False
+        start = layer.capture.take()
         with layer.override_alphas({index: 0.0}):
-            without = float(metric(model, batch))
+            if start is None or output_metric is None:
+                without = float(metric(model, batch))
+            else:
+                host: ResumableHost = model  # type: ignore[assignment]
+                without = float(output_metric(host.forward_after(layer.name, layer(start)), batch))
     return with_seed - without
 
 
@@ -163,23 +192,53 @@ class SeedTelemetry:
         """Measure `seed`'s losses on `batch` (see `seed_losses`) and fold them in."""
         return self.record(seed, *seed_losses(model, seed, batch, loss))
 
-    def observe_all(self, model: nn.Module, seeds: Sequence[str], batch: Any, loss: LossFn) -> None:
+    def observe_all(
+        self,
+        model: nn.Module,
+        seeds: Sequence[str],
+        batch: Any,
+        loss: LossFn,
+        output_loss: OutputLoss | None = None,
+    ) -> None:
         """`observe` each of `seeds` on `batch`, measuring the loss without them once.
 
         The model as it stands is the same for every seed, so its loss is too: one forward
         pass instead of one per seed. Each seed's own pass starts from the RNG state its
-        `observe` would have seen, so the results are the same bits.
+        `observe` would have seen, so the results are the same bits. Given `output_loss` (the
+        same loss from the model's output) and a host that can resume its forward at a seed's
+        point (`nn.resumable`), that seed's pass starts from the activation the pass without
+        the seeds computed there: both run in eval mode without autograd on the same weights,
+        so it is the same activation, and the layers before the point are not run again.
         """
         if not seeds:
             return
+        located = [(seed, *_locate(model, seed)) for seed in seeds]
+        for seed, layer, index in located:
+            if layer.kernel(index) is None:
+                raise ValueError(f"seed {seed} holds no kernel")
+        points: list[SeedLayer] = []
+        if output_loss is not None and isinstance(model, ResumableHost):
+            by_name = {layer.name: layer for _, layer, _ in located}
+            points = [ly for name, ly in by_name.items() if model.resumes_at(name)]
         with quiet_eval(model):
-            without = float(loss(model, batch))
-            for seed in seeds:
-                layer, index = _locate(model, seed)
-                if layer.kernel(index) is None:
-                    raise ValueError(f"seed {seed} holds no kernel")
+            for layer in points:
+                layer.capture.on = True
+            try:
+                without = float(loss(model, batch))
+            finally:
+                for layer in points:
+                    layer.capture.on = False
+            starts = {layer.name: layer.capture.take() for layer in points}
+            for seed, layer, index in located:
+                start = starts.get(layer.name)
                 with torch.random.fork_rng(devices=[]), layer.override_alphas({index: 1.0}):
-                    with_seed = float(loss(model, batch))
+                    if start is None or output_loss is None:
+                        with_seed = float(loss(model, batch))
+                    else:
+                        host: ResumableHost = model  # type: ignore[assignment]
+                        with_seed = float(
+                            output_loss(host.forward_after(layer.name, layer(start)), batch)
+                        )
                 self.record(seed, with_seed, without)
 
     def improvement(self, seed: str) -> float:

@@ -60,7 +60,7 @@ def train_step(t: Trainer, batch: Batch) -> float:
             for layer in t.layers.values()
             for i in layer.kernel_slots(Stage.TRAINING)
         ]
-        t.seed_telemetry.observe_all(t.model, seeds, batch, t.loss_fn)
+        t.seed_telemetry.observe_all(t.model, seeds, batch, t.loss_fn, t.own_pass.output_loss)
     return value
 
 

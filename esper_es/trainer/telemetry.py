@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from torch import Tensor
 
 from esper_es.controller import LayerTelemetry, SeedTelemetryView, Telemetry
 from esper_es.core.decisions import SeedStats
@@ -33,7 +35,16 @@ class LiveProbe:
 
     def contribution(self, seed: str) -> float:
         t = self.t
-        return counterfactual_contribution(t.model, seed, t.contribution_batch, t.neg_loss)
+        loss = t.own_pass.output_loss
+        if loss is None:
+            return counterfactual_contribution(t.model, seed, t.contribution_batch, t.neg_loss)
+
+        def neg_output_loss(output: Tensor, batch: Any) -> float:
+            return -float(loss(output, batch))
+
+        return counterfactual_contribution(
+            t.model, seed, t.contribution_batch, t.neg_loss, neg_output_loss
+        )
 
     def instability(self, seed: str) -> float:
         window = self.t.config.driver.instability_window

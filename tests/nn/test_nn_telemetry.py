@@ -112,3 +112,36 @@ def test_grad_norm_ratios() -> None:
     ratios = grad_norm_ratios(model)
     assert set(ratios) == {"layer1/0", "layer1/1"}
     assert all(r > 0 for r in ratios.values())
+
+
+def test_observing_from_the_seed_point_gives_the_same_bits_without_rerunning_the_prefix() -> None:
+    from esper_es.trainer.tasks import classification_loss, cross_entropy_of
+
+    model, batch = run()
+    seeds = ["layer1/0", "layer1/1"]
+    stem_calls: list[int] = []
+    model.stem.register_forward_hook(lambda *_: stem_calls.append(1))
+    full, resumed = SeedTelemetry(decay=0.5), SeedTelemetry(decay=0.5)
+    for _ in range(2):
+        full.observe_all(model, seeds, batch, classification_loss)
+    assert len(stem_calls) == 2 * 3  # the loss without the seeds, then one pass per seed
+    stem_calls.clear()
+    for _ in range(2):
+        resumed.observe_all(model, seeds, batch, classification_loss, cross_entropy_of)
+    assert len(stem_calls) == 2  # only the pass without the seeds runs the layers before
+    assert resumed.signals == full.signals and len(full.signals) == 2
+
+
+def test_a_contribution_from_the_seed_point_is_the_same_number_with_one_prefix_pass() -> None:
+    from esper_es.trainer.tasks import cross_entropy_of
+
+    model, batch = run()
+    stem_calls: list[int] = []
+    model.stem.register_forward_hook(lambda *_: stem_calls.append(1))
+    full = counterfactual_contribution(model, "layer1/0", batch, neg_loss)
+    assert len(stem_calls) == 2
+    stem_calls.clear()
+    resumed = counterfactual_contribution(
+        model, "layer1/0", batch, neg_loss, lambda out, b: -float(cross_entropy_of(out, b))
+    )
+    assert len(stem_calls) == 1 and resumed == full != 0.0
