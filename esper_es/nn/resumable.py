@@ -1,7 +1,7 @@
 """Hosts whose forward can resume at a seed point, so a seed's own pass skips the layers before it.
 
 A seed in TRAINING learns from its own loss: the host's output with the seed blended at alpha
-1 (`trainer.step.train_seeds_on_own_loss`). Through the host's `forward` that pass recomputes
+1 (`trainer.own_pass.OwnPass`). Through the host's `forward` that pass recomputes
 every layer before the seed point, although the training pass of the same step has just
 computed the same activation there from the same weights. A host that implements
 `forward_after(point, output)` (the rest of its `forward` once the module at `point` returned

@@ -240,7 +240,7 @@ class Trainer:
         }
         layers = place_seed_layers(host, specs, self.example_input)
         for layer in layers.values():
-            # Own-loss training replaces whatever the isolated pass would give (`step`).
+            # Own-loss training replaces whatever the isolated pass would give (`own_pass`).
             layer.isolated_training = self.config.train.seed_training != "own_loss"
         return layers
 
