@@ -5,7 +5,8 @@ A seed in TRAINING learns from its own loss: the host's output with the seed ble
 every layer before the seed point, although the training pass of the same step has just
 computed the same activation there from the same weights. A host that implements
 `forward_after(point, output)` (the rest of its `forward` once the module at `point` returned
-`output`) lets the trainer start the own pass from that activation instead.
+`output`) lets the trainer start the own pass from that activation instead. The seed
+measurements (`nn.telemetry`) use it the same way for the second pass of each pair they run.
 
 The two activations are the same bits only if nothing before the point computes differently
 in training and evaluation mode (the training pass runs in one, the own pass in the other), so
