@@ -10,7 +10,7 @@ import sqlite3
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,21 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     for row in rows:
         print("| " + " | ".join(str(c) for c in row) + " |")
     print()
+
+
+def adding_time(
+    spent: MutableMapping[str, float], label: str, fn: Callable[..., Any]
+) -> Callable[..., Any]:
+    """`fn`, adding the wall seconds of each call to `spent[label]`."""
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            spent[label] = spent.get(label, 0.0) + time.perf_counter() - t0
+
+    return timed
 
 
 def median_of(reps: int, fn: Callable[[], float]) -> float:

@@ -48,7 +48,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import load_average, print_machine, table
+from bench._common import adding_time, load_average, print_machine, table
 
 WORKLOADS = {
     "default task (CNN width 4, growing)": {},
@@ -142,14 +142,7 @@ def measure(workload: str, variant: str, epochs: int) -> dict[str, Any]:
         seconds: dict[str, float] = {}
 
         def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-            def wrapped(*args: Any, **kwargs: Any) -> Any:
-                t0 = time.perf_counter()
-                try:
-                    return fn(*args, **kwargs)
-                finally:
-                    seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
-
-            return wrapped
+            return adding_time(seconds, name, fn)
 
         trainer = built_in_trainer(config, seed=0, db_path=scratch / "b10.db")
         # The boundary protocol calls these module functions (esper_es.trainer.boundary).

@@ -24,9 +24,8 @@ import copy
 import statistics
 import sys
 import tempfile
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import load_average, print_machine, table
+from bench._common import adding_time, load_average, print_machine, table
 from bench._loops import clocked, digits, plain_loop
 from esper_es.config import RunConfig
 from esper_es.nn.placement import find_seed_layers
@@ -60,19 +59,9 @@ def parts() -> Iterator[Counter[str]]:
     spent: Counter[str] = Counter()
     saved = [(owner, name, getattr(owner, name)) for _, owner, name in PARTS]
 
-    def timer(label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                spent[label] += time.perf_counter() - t0
-
-        return timed
-
     try:
         for (label, owner, name), (_, _, fn) in zip(PARTS, saved, strict=True):
-            setattr(owner, name, timer(label, fn))
+            setattr(owner, name, adding_time(spent, label, fn))
         yield spent
     finally:
         for owner, name, fn in saved:

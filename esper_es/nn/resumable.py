@@ -18,13 +18,15 @@ the mode; a model holding any other kernel takes the full forward.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
 from esper_es.nn.blueprints import is_builtin_blueprint
 from esper_es.nn.kernels import Kernel
+from esper_es.nn.seed_layer import SeedLayer
 
 
 @runtime_checkable
@@ -58,3 +60,35 @@ def chain_after(host: nn.Module, chain: Sequence[str], point: str, output: Tenso
 def mode_independent_kernels(model: nn.Module) -> bool:
     """Whether every kernel in `model` is of a built-in blueprint (none depends on the mode)."""
     return all(is_builtin_blueprint(m.blueprint) for m in model.modules() if isinstance(m, Kernel))
+
+
+def resumable_layers(model: nn.Module, layers: Iterable[SeedLayer]) -> list[SeedLayer]:
+    """The distinct seed layers of `layers` at whose point `model` can resume its forward."""
+    if not isinstance(model, ResumableHost):
+        return []
+    distinct = {id(layer): layer for layer in layers}.values()
+    return [layer for layer in distinct if model.resumes_at(layer.name)]
+
+
+@contextmanager
+def capturing(layers: Sequence[SeedLayer]) -> Iterator[dict[str, Tensor]]:
+    """While open, `layers` keep the activation their point produces (`ActivationCapture`);
+    on exit the dict holds each one still usable (not changed in place since), by layer name."""
+    starts: dict[str, Tensor] = {}
+    for layer in layers:
+        layer.capture.on = True
+    try:
+        yield starts
+    finally:
+        for layer in layers:
+            layer.capture.on = False
+    for layer in layers:
+        start = layer.capture.take()
+        if start is not None:
+            starts[layer.name] = start
+
+
+def output_from(model: nn.Module, layer: SeedLayer, start: Tensor) -> Tensor:
+    """`model`'s output when `layer`'s point produced `start` (its seed layer runs on it first)."""
+    host: ResumableHost = model  # type: ignore[assignment]
+    return host.forward_after(layer.name, layer(start))

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from esper_es.nn.placement import find_seed_layers
-from esper_es.nn.resumable import ResumableHost
+from esper_es.nn.resumable import capturing, output_from, resumable_layers
 from esper_es.nn.seed_layer import SeedLayer
 
 #: metric(model, batch) -> a number; higher is better for contributions (e.g. accuracy, -loss).
@@ -73,24 +73,16 @@ def counterfactual_contribution(
     same bits), so the layers before the point run once.
     """
     layer, index = _locate(model, seed)
-    resumes = (
-        output_metric is not None
-        and isinstance(model, ResumableHost)
-        and model.resumes_at(layer.name)
-    )
+    points = resumable_layers(model, [layer]) if output_metric is not None else []
     with quiet_eval(model):
-        layer.capture.on = resumes
-        try:
+        with capturing(points) as starts:
             with_seed = float(metric(model, batch))
-        finally:
-            layer.capture.on = False
-        start = layer.capture.take()
+        start = starts.get(layer.name)
         with layer.override_alphas({index: 0.0}):
             if start is None or output_metric is None:
                 without = float(metric(model, batch))
             else:
-                host: ResumableHost = model  # type: ignore[assignment]
-                without = float(output_metric(host.forward_after(layer.name, layer(start)), batch))
+                without = float(output_metric(output_from(model, layer, start), batch))
     return with_seed - without
 
 
@@ -216,29 +208,19 @@ class SeedTelemetry:
         for seed, layer, index in located:
             if layer.kernel(index) is None:
                 raise ValueError(f"seed {seed} holds no kernel")
-        points: list[SeedLayer] = []
-        if output_loss is not None and isinstance(model, ResumableHost):
-            by_name = {layer.name: layer for _, layer, _ in located}
-            points = [ly for name, ly in by_name.items() if model.resumes_at(name)]
+        points = []
+        if output_loss is not None:
+            points = resumable_layers(model, (layer for _, layer, _ in located))
         with quiet_eval(model):
-            for layer in points:
-                layer.capture.on = True
-            try:
+            with capturing(points) as starts:
                 without = float(loss(model, batch))
-            finally:
-                for layer in points:
-                    layer.capture.on = False
-            starts = {layer.name: layer.capture.take() for layer in points}
             for seed, layer, index in located:
                 start = starts.get(layer.name)
                 with torch.random.fork_rng(devices=[]), layer.override_alphas({index: 1.0}):
                     if start is None or output_loss is None:
                         with_seed = float(loss(model, batch))
                     else:
-                        host: ResumableHost = model  # type: ignore[assignment]
-                        with_seed = float(
-                            output_loss(host.forward_after(layer.name, layer(start)), batch)
-                        )
+                        with_seed = float(output_loss(output_from(model, layer, start), batch))
                 self.record(seed, with_seed, without)
 
     def improvement(self, seed: str) -> float:

@@ -17,14 +17,19 @@ width-4 digits host a `layer2` seed's pass then runs its kernel, the pool and th
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from esper_es.core.lifecycle import Stage
-from esper_es.nn.resumable import ResumableHost, mode_independent_kernels
+from esper_es.nn.resumable import (
+    ResumableHost,
+    mode_independent_kernels,
+    output_from,
+    resumable_layers,
+)
 from esper_es.nn.seed_layer import SeedLayer
 from esper_es.trainer.tasks import output_loss
 
@@ -70,23 +75,18 @@ class OwnPass:
             self._checked_at = seq
         return self._resumes
 
-    def capture(self, t: Trainer, training: TrainingSeeds) -> list[SeedLayer]:
-        """Switch on the capture of the layers whose seeds train (`ActivationCapture`)."""
+    def start_points(self, t: Trainer, training: TrainingSeeds) -> list[SeedLayer]:
+        """The layers whose seeds train and at whose point the pass may start (`capturing`)."""
         if not training or not self.resumes(t):
             return []
-        host: ResumableHost = t.model  # type: ignore[assignment]
-        layers = [ly for ly in {id(ly): ly for ly, _ in training}.values()]
-        layers = [ly for ly in layers if host.resumes_at(ly.name)]
-        for layer in layers:
-            layer.capture.on = True
-        return layers
+        return resumable_layers(t.model, (layer for layer, _ in training))
 
     def run(
         self,
         t: Trainer,
         batch: Batch,
         training: TrainingSeeds,
-        captured: list[SeedLayer],
+        starts: Mapping[str, Tensor],
         measure: bool = False,
     ) -> tuple[float, list[tuple[str, float]]]:
         """Give each of `training` the gradient of its own loss; with `measure`, the signals.
@@ -97,7 +97,6 @@ class OwnPass:
         """
         signals: list[tuple[str, float]] = []
         without = math.nan
-        starts = {layer.name: layer.capture.take() for layer in captured}
         if not training:
             return without, signals
         modes = [(m, m.training) for m in t.model.modules()]
@@ -129,5 +128,4 @@ class OwnPass:
             if start is None or self.output_loss is None:
                 loss: Tensor = t.loss_fn(t.model, batch)
                 return loss
-            host: ResumableHost = t.model  # type: ignore[assignment]
-            return self.output_loss(host.forward_after(layer.name, layer(start)), batch)
+            return self.output_loss(output_from(t.model, layer, start), batch)

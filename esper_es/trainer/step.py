@@ -6,6 +6,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from esper_es.core.lifecycle import Stage
+from esper_es.nn.resumable import capturing
 from esper_es.runtime import dynamo_free
 from esper_es.trainer.schedule import apply_lr, lr_factor
 
@@ -20,12 +21,8 @@ def train_step(t: Trainer, batch: Batch) -> float:
     _train_mode(t)
     t.optimizer.zero_grad(set_to_none=True)
     training = t.own_pass.training_seeds(t)
-    captured = t.own_pass.capture(t, training)
-    try:
+    with capturing(t.own_pass.start_points(t, training)) as starts:
         loss = t.loss_fn(t.model, batch)
-    finally:
-        for layer in captured:
-            layer.capture.on = False
     loss.backward()  # type: ignore[no-untyped-call]
     every = t.config.driver.observe_every
     observing = t.measures_telemetry and (t.step + 1) % every == 0
@@ -33,7 +30,7 @@ def train_step(t: Trainer, batch: Batch) -> float:
     without = math.nan
     if t.config.train.seed_training == "own_loss":
         shared = observing and t.config.driver.signal_pass == "shared"
-        without, signals = t.own_pass.run(t, batch, training, captured, measure=shared)
+        without, signals = t.own_pass.run(t, batch, training, starts, measure=shared)
         observing = observing and not shared
     schedule = t.config.train
     if schedule.lr_schedule != "constant":

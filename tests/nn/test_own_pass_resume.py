@@ -16,7 +16,7 @@ from esper_es.core.lifecycle import Stage
 from esper_es.nn import CharTransformer, DigitsCNN, Projector, VectorMLP, place_seed_layers
 from esper_es.nn.blueprints import is_builtin_blueprint, register_blueprint, unregister_blueprint
 from esper_es.nn.placement import find_seed_layers
-from esper_es.nn.resumable import ResumableHost, mode_independent_kernels
+from esper_es.nn.resumable import ResumableHost, capturing, mode_independent_kernels
 from esper_es.nn.seed_layer import ActivationCapture
 from esper_es.trainer.own_pass import OwnPass
 from esper_es.trainer.tasks import classification_loss, output_loss
@@ -39,14 +39,10 @@ def step(model: nn.Module, batch: Any, own: OwnPass) -> tuple[Grads, list[str]]:
     t = own_pass_trainer(model, find_seed_layers(model), classification_loss)
     model.train()
     training = own.training_seeds(t)
-    captured = own.capture(t, training)
-    try:
+    with capturing(own.start_points(t, training)) as starts:
         loss = classification_loss(model, batch)
-    finally:
-        for layer in captured:
-            layer.capture.on = False
     loss.backward()  # type: ignore[no-untyped-call]
-    own.run(t, batch, training, captured)
+    own.run(t, batch, training, starts)
     kernels = {
         f"{name}/{i}/{pname}": bits(p.grad) if p.grad is not None else b"none"
         for name, layer in t.layers.items()
@@ -54,7 +50,7 @@ def step(model: nn.Module, batch: Any, own: OwnPass) -> tuple[Grads, list[str]]:
         if (k := layer.kernel(i)) is not None
         for pname, p in k.named_parameters()
     }
-    return (host_grads(model), kernels), [layer.name for layer in captured]
+    return (host_grads(model), kernels), sorted(starts)
 
 
 @settings(max_examples=30, deadline=None)

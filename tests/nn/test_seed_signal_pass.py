@@ -46,7 +46,7 @@ def test_the_shared_pass_measures_what_separate_passes_measure_with_fewer_forwar
     model.register_forward_hook(lambda *_: forwards.append(torch.is_grad_enabled()))
 
     own = OwnPass(None)  # through the host's whole forward, as a user's loss needs
-    without, signals = own.run(trainer, batch, own.training_seeds(trainer), [], measure=True)
+    without, signals = own.run(trainer, batch, own.training_seeds(trainer), {}, measure=True)
 
     assert [s for s, _ in signals] == ["layer1/1", "layer2/0"]
     for seed, with_seed in signals:
@@ -73,7 +73,7 @@ def test_the_shared_pass_measures_what_separate_passes_measure_with_fewer_forwar
 def test_without_measuring_the_pass_returns_no_signal() -> None:
     _, trainer, batch = two_training_seeds()
     own = OwnPass(None)
-    without, signals = own.run(trainer, batch, own.training_seeds(trainer), [])
+    without, signals = own.run(trainer, batch, own.training_seeds(trainer), {})
     assert math.isnan(without) and signals == []
 
 
