@@ -124,7 +124,7 @@ def cpu_breakdown(events: list[NewEvent], batch: int) -> list[list[str]]:
     from esper_es.store.chain import GENESIS, row_hash
     from esper_es.store.database import _encode
 
-    encs: list[tuple[NewEvent, str, int, str]] = []
+    encs: list[tuple[NewEvent, str, int, str, object]] = []
     rows: list[tuple[object, ...]] = []
 
     def encode() -> None:
@@ -134,7 +134,7 @@ def cpu_breakdown(events: list[NewEvent], batch: int) -> list[list[str]]:
     def chain() -> None:
         rows.clear()
         prev = GENESIS
-        for seq, (ne, t, v, payload) in enumerate(encs, 1):
+        for seq, (ne, t, v, payload, _) in enumerate(encs, 1):
             h = row_hash(
                 prev,
                 seq,

@@ -113,7 +113,11 @@ class CommandBus:
         staged: dict[str, Any] = {}
         versions: dict[str, int] = {}
         batches: list[tuple[str, int, tuple[NewEvent, ...]]] = []
-        outcomes: list[tuple[c.Command, tuple[ev.Event, ...], IllegalTransition | None]] = []
+        # Per command: its events, its refusal, and the index in `batches` of the batch that
+        # holds its events (None: no events), whose result gives its seqs.
+        outcomes: list[
+            tuple[c.Command, tuple[ev.Event, ...], IllegalTransition | None, int | None]
+        ] = []
 
         def current(stream: str) -> Any:
             return staged[stream] if stream in staged else self.state_of(stream)
@@ -132,7 +136,7 @@ class CommandBus:
             try:
                 events = decide(current(stream), command, self._context(command, current))
             except IllegalTransition as refusal:
-                outcomes.append((command, (), refusal))
+                outcomes.append((command, (), refusal, None))
                 if self.record_refusals and isinstance(command, c.SeedCommand):
                     refused = ev.CommandRefused(
                         command_id=command.command_id,
@@ -145,24 +149,15 @@ class CommandBus:
                     )
                     stage(CONTROLLER_STREAM, command, [refused])
                 continue
+            outcomes.append((command, events, None, len(batches) if events else None))
             stage(stream, command, events)
-            outcomes.append((command, events, None))
         results = self.db.append_batch(batches, branch=self.branch) if batches else []
         # The commit succeeded: the staged states are now the live ones.
         for stream, state in staged.items():
             self._adopt(stream, state)
-        seqs_by_id: dict[str, int] = {}
-        for (_, _, evs), res in zip(batches, results, strict=True):
-            for ne, seq in zip(evs, res.seqs, strict=True):
-                seqs_by_id[ne.event_id] = seq
         return [
-            Outcome(
-                command,
-                events,
-                tuple(seqs_by_id[ne.event_id] for ne in stamp(command, events)),
-                refusal,
-            )
-            for command, events, refusal in outcomes
+            Outcome(command, events, () if index is None else results[index].seqs, refusal)
+            for command, events, refusal, index in outcomes
         ]
 
     def _adopt(self, stream: str, state: Any) -> None:

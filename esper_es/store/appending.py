@@ -34,6 +34,21 @@ def prepare(batches: Sequence[tuple[str, int, Sequence[NewEvent]]]) -> Prepared:
     ]
 
 
+def parsed_payloads(
+    prepared: Prepared, results: Sequence[AppendResult]
+) -> list[dict[str, Any] | None]:
+    """Each planned row's payload as `encode` kept it (None: parse its text), row by row.
+
+    Rows are planned for the streams not acknowledged, in order (`plan_append`).
+    """
+    return [
+        enc[4]
+        for (_, _, encs), result in zip(prepared, results, strict=True)
+        if not result.acknowledged
+        for enc in encs
+    ]
+
+
 def event_ids(prepared: Prepared) -> list[str]:
     """Every event id of a prepared append, in order."""
     return [enc[0].event_id for _, _, encs in prepared for enc in encs]
@@ -98,7 +113,7 @@ def plan_append(
         if actual != expected:
             raise ConcurrencyError(stream, expected, actual)
         seqs = []
-        for ne, type_name, version, payload in encs:
+        for ne, type_name, version, payload, _ in encs:
             seq += 1
             actual += 1
             h = row_hash(
@@ -118,10 +133,10 @@ def plan_append(
 
 def acknowledged(stream: str, encs: list[Encoded], known: Known) -> AppendResult | None:
     """None if none of these events is stored; an acknowledgement if all are, identically."""
-    hits = [known.get(ne.event_id) for ne, _, _, _ in encs]
+    hits = [known.get(enc[0].event_id) for enc in encs]
     if not any(hits):
         return None
-    for (ne, type_name, _, payload), hit in zip(encs, hits, strict=True):
+    for (ne, type_name, _, payload, _), hit in zip(encs, hits, strict=True):
         if hit is None or hit[:3] != (stream, type_name, payload):
             raise ConcurrencyError(
                 stream,

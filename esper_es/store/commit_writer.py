@@ -36,12 +36,16 @@ from typing import TYPE_CHECKING, Any
 
 from esper_es.core.envelope import RecordedEvent
 from esper_es.errors import ConcurrencyError
-from esper_es.store.appending import Prepared
+from esper_es.store.appending import Prepared, parsed_payloads
 from esper_es.store.encoding import decode_row
 from esper_es.store.protocol import Row
 from esper_es.store.records import AppendResult
 from esper_es.store.sqlite_blobs import INSERT_BLOB
 from esper_es.store.sqlite_files import INSERT_EVENTS, sqlite_failure, transaction
+
+#: The latest append, for `appended_after`: the head it was planned on, its branch, its rows,
+#: and each row's payload as `encode` kept it (None where the text must be parsed).
+LastAppend = tuple[int, str, list[Row], list["dict[str, Any] | None"]]
 
 _CHECKPOINT_BYTES = 1 << 20
 #: Bound parameters per statement in `_insert_all` (SQLite's limit is 32 766 since 3.32).
@@ -116,8 +120,8 @@ class BackgroundCommits:
     _c: sqlite3.Connection | None
     _writer: CommitWriter | None
     _staged: dict[str, bytes]
-    #: `(head before, branch, rows)` of the latest append (`appended_after`).
-    _last_append: tuple[int, str, list[Row]] | None
+    #: `(head before, branch, rows, parsed payloads)` of the latest append (`appended_after`).
+    _last_append: LastAppend | None
 
     if TYPE_CHECKING:  # what the host class (`RunDatabase`) provides
 
@@ -174,7 +178,7 @@ class BackgroundCommits:
         rows, results, new_versions = self._plan(prepared, branch, head, True)
         staged = [(k, len(b), b) for k, b in self._staged.items()]
         self._staged.clear()
-        self._last_append = (head[0], branch, rows)
+        self._last_append = (head[0], branch, rows, parsed_payloads(prepared, results))
 
         def commit() -> None:
             try:
@@ -217,5 +221,9 @@ class BackgroundCommits:
         last = self._last_append
         if last is None or last[0] != after or last[1] != branch:
             return None
-        # Not schema-checked again: `encode` checked these payloads before they were rows.
-        return [decode_row(row, checked=False) for row in last[2]]
+        # Not schema-checked again: `encode` checked these payloads before they were rows; nor
+        # parsed again where `encode` kept the very payload that parsing would give.
+        return [
+            decode_row(row, checked=False, parsed=parsed)
+            for row, parsed in zip(last[2], last[3], strict=True)
+        ]

@@ -21,11 +21,11 @@ import sqlite_utils
 
 from esper_es.core.envelope import NewEvent, RecordedEvent
 from esper_es.errors import ConcurrencyError, NotARunDatabase, TamperDetected
-from esper_es.store.appending import Prepared, plan_for, prepare
+from esper_es.store.appending import Prepared, parsed_payloads, plan_for, prepare
 from esper_es.store.audit import AuditTrail
 from esper_es.store.branching import BranchIndex
 from esper_es.store.chain import GENESIS
-from esper_es.store.commit_writer import BackgroundCommits, CommitWriter
+from esper_es.store.commit_writer import BackgroundCommits, CommitWriter, LastAppend
 from esper_es.store.encoding import COLUMNS, decode_row
 from esper_es.store.encoding import encode as _encode
 from esper_es.store.protocol import Row
@@ -101,8 +101,8 @@ class RunDatabase(BackgroundCommits, SqliteBlobs, BranchIndex):
         self._c: sqlite3.Connection | None = conn
         #: Runs commits in the background once `commit_in_background` is called.
         self._writer: CommitWriter | None = None
-        #: `(head before, branch, rows)` of the latest append (`appended_after`).
-        self._last_append: tuple[int, str, list[Row]] | None = None
+        #: `(head before, branch, rows, parsed payloads)` of the latest append (`appended_after`).
+        self._last_append: LastAppend | None = None
         self.db = sqlite_utils.Database(conn)
         self._lock_fd = lock_fd
         self._audit = audit
@@ -115,6 +115,10 @@ class RunDatabase(BackgroundCommits, SqliteBlobs, BranchIndex):
         self.meta: dict[str, str] = meta
         self.run_id: str = meta["run_id"]
         self._versions: dict[tuple[str, str], int] = {}
+        #: `(seq, hash)` of the file's last event as this writer last committed it: the writer
+        #: lock makes it the only one appending, so the file's head moves only through
+        #: `_committed` (and `import_log`, which forgets it). Never set when read-only.
+        self._head: tuple[int, str] | None = None
         self._load_branches()
         self._sql = SqliteSession(conn, self._mutex, readonly=readonly, settle=self._settle)
 
@@ -220,6 +224,7 @@ class RunDatabase(BackgroundCommits, SqliteBlobs, BranchIndex):
             finally:
                 conn.close()
                 self._c = None
+                self._head = None
                 if self._audit is not None:
                     self._audit.close()
                 release_writer_lock(self._lock_fd, self.path)
@@ -260,10 +265,18 @@ class RunDatabase(BackgroundCommits, SqliteBlobs, BranchIndex):
 
     def head(self) -> tuple[int, str]:
         """`(seq, hash)` of the last event in the file, `(0, GENESIS)` when empty."""
+        if self._head is not None:
+            # Known without a query (each commit planned on it used to read it: B2). A commit
+            # in flight is waited for first, as a query would, and raises its error here.
+            self._settle()
+            return self._head
         row = self._conn.execute(
             "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1"
         ).fetchone()
-        return (row[0], row[1]) if row else (0, GENESIS)
+        head = (row[0], row[1]) if row else (0, GENESIS)
+        if not self.readonly:
+            self._head = head
+        return head
 
     def head_seq(self, branch: str | None = None) -> int:
         """The last seq visible from `branch` (the whole file when None)."""
@@ -342,6 +355,7 @@ class RunDatabase(BackgroundCommits, SqliteBlobs, BranchIndex):
             self._write_staged(conn)
         self._committed_blobs(list(self._staged))
         self._staged.clear()
+        self._last_append = (head[0], branch, rows, parsed_payloads(prepared, results))
         self._committed(branch, head[0], rows, new_versions)
         return results
 
@@ -353,7 +367,9 @@ class RunDatabase(BackgroundCommits, SqliteBlobs, BranchIndex):
     def _committed(
         self, branch: str, head: int, rows: list[Row], new_versions: dict[str, int]
     ) -> None:
-        self._last_append = (head, branch, rows)
+        if rows:
+            # After the commit only: a failed one leaves the file's head, and this, as they were.
+            self._head = (rows[-1][0], rows[-1][-1])
         for stream, version in new_versions.items():
             self._versions[(branch, stream)] = version
         if self._audit is not None and rows:
@@ -496,6 +512,7 @@ class RunDatabase(BackgroundCommits, SqliteBlobs, BranchIndex):
                     batch = []
             self._audit.record(batch)
         self._versions.clear()
+        self._head = None
         self._last_append = None
         self._load_branches()
 

@@ -23,8 +23,29 @@ COLUMNS = (
 )
 COLUMN_NAMES = tuple(c.strip() for c in COLUMNS.split(","))
 
-#: A prepared event: the envelope, its type, schema version and canonical payload text.
-Encoded = tuple[NewEvent, str, int, str]
+#: A prepared event: the envelope, its type, schema version, canonical payload text, and the
+#: payload itself where parsing that text gives it back exactly (`json_exact`), else None.
+Encoded = tuple[NewEvent, str, int, str, "dict[str, Any] | None"]
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def json_exact(value: Any) -> bool:
+    """Whether parsing `value`'s JSON gives `value` back: same values, same types throughout.
+
+    True for str, int, float, bool and None (a finite float's JSON is its shortest repr, which
+    parses to the same float), and for dicts with str keys and lists made of them; False for
+    anything JSON changes on the way (a tuple becomes a list, a numpy float a float, an int key
+    a str) or that is not JSON at all.
+    """
+    kind = type(value)
+    if kind in _SCALARS:
+        return True
+    if kind is dict:
+        return all(type(k) is str and json_exact(v) for k, v in value.items())
+    if kind is list:
+        return all(json_exact(v) for v in value)
+    return False
 
 
 def _refuse_constant(name: str) -> Any:
@@ -36,15 +57,24 @@ def _refuse_constant(name: str) -> Any:
 _DECODE = json.JSONDecoder(parse_constant=_refuse_constant).decode
 
 
-def decode_row(row: Sequence[Any], *, checked: bool = True) -> RecordedEvent:
+def decode_row(
+    row: Sequence[Any], *, checked: bool = True, parsed: dict[str, Any] | None = None
+) -> RecordedEvent:
     """A stored row as a RecordedEvent: payload parsed, upcast and checked against its schema.
 
     `checked=False` skips the schema check, for a row this process just encoded from a
-    payload `encode` checked (its canonical JSON parses back to a valid payload).
+    payload `encode` checked (its canonical JSON parses back to a valid payload). `parsed`:
+    what parsing the row's payload text gives, when the caller has it already (`encode`'s
+    payload, where `json_exact`); the text is then not parsed again.
     """
     (seq, eid, run_id, branch, stream, sv, type_name, version, payload_text,
      causation, correlation, recorded_at, prev_hash, h) = row  # fmt: skip
-    payload = _DECODE(payload_text) if type(payload_text) is str else loads(payload_text)
+    if parsed is not None:
+        payload = parsed
+    elif type(payload_text) is str:
+        payload = _DECODE(payload_text)
+    else:
+        payload = loads(payload_text)
     current, payload = upcast(type_name, version, payload)
     if checked:
         try:
@@ -85,8 +115,10 @@ def encode(ne: NewEvent, stream: str) -> Encoded:
     try:
         if _FLAT_ENCODE is not None and schemas.is_flat(type_name, version):
             text = "".join(_FLAT_ENCODE(payload, 0))
+            exact = all(type(v) in _SCALARS for v in payload.values())
         else:
             text = canonical_json(payload)
+            exact = json_exact(payload)
     except ValueError as exc:
         raise SchemaViolation(type_name, version, str(exc)) from None
-    return ne, type_name, version, text
+    return ne, type_name, version, text, payload if exact else None

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import numpy as np
 import pytest
 
 from esper_es.core import events as ev
@@ -23,6 +24,7 @@ from esper_es.store import RunDatabase, schemas
 from esper_es.store.audit import AuditTrail
 from esper_es.store.chain import row_json
 from esper_es.store.database import _encode, audit_path, decode_row
+from esper_es.store.encoding import json_exact
 
 AWKWARD = 'é"\\%s{}\n\u2028/'
 
@@ -183,9 +185,64 @@ def test_every_event_type_has_an_example() -> None:
 @pytest.mark.parametrize("event", EXAMPLES, ids=lambda e: e.TYPE)
 def test_payload_text_is_canonical_json(event: ev.Event) -> None:
     """The appended payload text equals canonical_json of the payload, flat schema or not."""
-    _, type_name, version, text = _encode(NewEvent(event, "e"), event.stream())
+    _, type_name, version, text, _ = _encode(NewEvent(event, "e"), event.stream())
     assert (type_name, version) == (event.TYPE, event.VERSION)
     assert text == canonical_json(ev.to_payload(event))
+
+
+def _typed(value: Any) -> Any:
+    """`value` with each scalar paired with its type, so that `==` compares types too."""
+    if isinstance(value, dict):
+        return {k: _typed(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return (type(value), [_typed(v) for v in value])
+    return (type(value), value)
+
+
+@pytest.mark.parametrize("event", EXAMPLES, ids=lambda e: e.TYPE)
+def test_a_kept_payload_is_what_parsing_its_text_gives(event: ev.Event) -> None:
+    """`encode` keeps the payload only where parsing the text gives it back, types and all."""
+    kept = _encode(NewEvent(event, "e"), event.stream())[4]
+    text = _encode(NewEvent(event, "e"), event.stream())[3]
+    assert kept is not None  # every example is JSON-exact: each skips the parse
+    assert _typed(kept) == _typed(json.loads(text))
+
+
+@pytest.mark.parametrize(
+    ("value", "exact"),
+    [
+        ({"a": [1, 2.5, None, True, "x", {"b": -0.0}]}, True),
+        ({"a": (1, 2)}, False),  # JSON gives a list
+        ({1: "a"}, False),  # JSON gives the key "1"
+        ({"a": np.float64(0.5)}, False),  # JSON gives a float
+        ([np.int64(1)], False),
+        ({"a": {"b"}}, False),  # not JSON at all
+    ],
+)
+def test_json_exact(value: Any, exact: bool) -> None:
+    assert json_exact(value) is exact
+
+
+def test_an_inexact_payload_is_parsed_from_its_text(tmp_path: Path) -> None:
+    """What the trainer projects (`appended_after`) is what a read gives, payload types too."""
+    event = ev.EpochCompleted(
+        epoch=1,
+        step=1,
+        train_loss=0.5,
+        val_loss=0.25,
+        val_accuracy=None,
+        metrics={"f": np.float64(0.5), "k": {1: 2}},
+    )
+    assert _encode(NewEvent(event, "e"), "run")[4] is None
+    with RunDatabase.create(tmp_path / "r.db", "run") as db:
+        db.commit_in_background()
+        checkpointed = next(e for e in EXAMPLES if isinstance(e, ev.Checkpointed))  # kept
+        db.append("run", 0, [NewEvent(event, "e"), NewEvent(checkpointed, "c")])
+        kept = db.appended_after(0, "main")
+        read = list(db.read())
+        assert kept is not None and kept == read
+        assert [_typed(r.payload) for r in kept] == [_typed(r.payload) for r in read]
+        assert _typed(kept[0].payload["metrics"]) == _typed({"f": 0.5, "k": {"1": 2}})
 
 
 def test_flat_schemas_are_the_scalar_ones() -> None:
