@@ -276,6 +276,42 @@ def test_from_payload_matches_cattrs(event: ev.Event) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("type_name", "payload"),
+    [
+        (
+            "EpochCompleted",
+            {"epoch": 1, "step": 2, "train_loss": 0.5, "val_loss": 0.25, "val_accuracy": 0.75,
+             "metrics": {}},
+        ),
+        (
+            "EpochCompleted",  # an int where `float | None` is declared: cattrs makes a float
+            {"epoch": 1, "step": 2, "train_loss": 0.5, "val_loss": 0.25, "val_accuracy": 1,
+             "metrics": {}},
+        ),
+        (
+            "Checkpointed",
+            {"epoch": 1, "step": 2, "fingerprint": "f", "optimizer_fingerprint": "o",
+             "rng": {"torch_cpu": "r"}, "snapshot": "k", "tensors": {"w": "t", "b": "u"}},
+        ),
+        (
+            "Checkpointed",  # a non-str value in a `dict[str, str]`: cattrs makes it a str
+            {"epoch": 1, "step": 2, "fingerprint": "f", "optimizer_fingerprint": "o",
+             "rng": {"torch_cpu": 7}, "snapshot": None, "tensors": {}},
+        ),
+    ],
+)  # fmt: skip
+def test_optional_and_str_table_fields_structure_like_cattrs(
+    type_name: str, payload: dict[str, Any]
+) -> None:
+    """The fast structurer's `str | None`, `float | None` and `dict[str, str]` fields."""
+    assert type_name in ev._FAST_STRUCTURE
+    got = ev.from_payload(type_name, payload)
+    want = ev._converter.structure(dict(payload), ev.EVENT_TYPES[type_name])
+    assert got == want
+    assert _typed(attrs.asdict(got, recurse=False)) == _typed(attrs.asdict(want, recurse=False))
+
+
 def test_from_payload_converts_like_cattrs() -> None:
     """An int for a float field becomes a float; defaults fill missing keys; extras fail."""
     got = ev.from_payload("BlendAdjusted", {"seed": "l/0", "step": 1, "alpha": 1})
