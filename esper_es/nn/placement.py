@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from esper_es.nn.blueprints import get_blueprint
 from esper_es.nn.errors import ShapeNotFitting, UnknownModulePath
+from esper_es.nn.modes import eval_mode
 from esper_es.nn.seed_layer import SeedLayer
 
 #: Activation rank -> (shape kind, channel dimension).
@@ -196,18 +197,14 @@ def infer_activation(
 
     for path in paths:
         handles.append(resolve_path(host, path)[2].register_forward_hook(hook_for(path)))
-    modes = [(m, m.training) for m in host.modules()]
     try:
         # The dry run must leave no trace: no autograd, no RNG draws, no batch-norm updates.
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            host.eval()
+        with eval_mode(host), torch.no_grad(), torch.random.fork_rng(devices=[]):
             args = example_input if isinstance(example_input, tuple) else (example_input,)
             host(*args)
     finally:
         for h in handles:
             h.remove()
-        for m, training in modes:
-            m.training = training
     result: dict[str, tuple[str, int]] = {}
     for path in paths:
         if path in problems:

@@ -25,6 +25,7 @@ import attrs
 import torch
 from torch import Tensor, nn
 
+from esper_es.nn.modes import eval_mode
 from esper_es.nn.placement import find_seed_layers
 from esper_es.nn.resumable import capturing, output_from, resumable_layers
 from esper_es.nn.seed_layer import SeedLayer
@@ -40,14 +41,8 @@ OutputLoss = Callable[[Tensor, Any], Tensor]
 @contextmanager
 def quiet_eval(model: nn.Module) -> Iterator[None]:
     """No autograd, eval mode, forked RNG; train/eval flags restored on exit."""
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            model.eval()
-            yield
-    finally:
-        for m, training in modes:
-            m.training = training
+    with eval_mode(model), torch.no_grad(), torch.random.fork_rng(devices=[]):
+        yield
 
 
 def _locate(model: nn.Module, seed: str) -> tuple[SeedLayer, int]:

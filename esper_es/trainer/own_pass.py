@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from esper_es.core.lifecycle import Stage
+from esper_es.nn.modes import eval_mode
 from esper_es.nn.resumable import (
     ResumableHost,
     mode_independent_kernels,
@@ -99,9 +100,7 @@ class OwnPass:
         without = math.nan
         if not training:
             return without, signals
-        modes = [(m, m.training) for m in t.model.modules()]
-        try:
-            t.model.eval()
+        with eval_mode(t.model):
             if measure:
                 # TRAINING kernels are out of the forward pass here (`isolated_training` is off).
                 with torch.no_grad(), torch.random.fork_rng(devices=[]):
@@ -116,9 +115,6 @@ class OwnPass:
                 grads = torch.autograd.grad(own, params, allow_unused=True)
                 for p, g in zip(params, grads, strict=True):
                     p.grad = None if g is None else g.detach()
-        finally:
-            for m, was in modes:
-                m.training = was
         return without, signals
 
     def _own_loss(

@@ -6,6 +6,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from esper_es.core.lifecycle import Stage
+from esper_es.nn.modes import set_mode
 from esper_es.nn.resumable import capturing
 from esper_es.runtime import dynamo_free
 from esper_es.trainer.schedule import apply_lr, lr_factor
@@ -71,5 +72,5 @@ def _train_mode(t: Trainer) -> None:
     """
     seq = t.projector.last_seq
     if t.train_mode_at != seq or not t.model.training:
-        t.model.train()
+        set_mode(t.model, True)
         t.train_mode_at = seq
