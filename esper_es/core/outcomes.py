@@ -148,6 +148,11 @@ class OutcomeTracker:
         if opened.resolved():
             self._due.append(decision_id)
 
+    @property
+    def any_due(self) -> bool:
+        """Whether `drain` would return any outcome."""
+        return bool(self._due)
+
     def drain(self, step: int) -> list[ev.DecisionOutcomeMeasured]:
         """The outcomes due (resolved since the last drain), in the order they resolved."""
         out = []

@@ -94,6 +94,8 @@ def after_step(
     t: Trainer, epoch: int, losses: list[float], last_in_epoch: bool, final: bool
 ) -> str:
     """The boundary after a step."""
+    if not last_in_epoch and _quiet(t):
+        return "continue"
     source = t.replay_source
     if source is not None:
         if source.recorded:
@@ -129,6 +131,23 @@ def after_step(
     elif _checkpoint_due(t):
         facts.append(checkpoint(t, epoch, snapshot=False))
     return rest(t, facts, last_in_epoch=last_in_epoch, final=final)
+
+
+def _quiet(t: Trainer) -> bool:
+    """Whether the boundary after a step within an epoch has nothing to record or decide.
+
+    Most boundaries of a run: they would find it out one call at a time (`rest`, `boundary`,
+    the outcomes, `_nothing_due`); answering it here first saves ~4 µs between two steps (B2).
+    """
+    return (
+        t.replay_source is None
+        and t.divergence is None
+        and t.on_step is None
+        and not t._stop
+        and not _checkpoint_due(t)
+        and not t.outcomes.any_due
+        and _nothing_due(t, controller=False)
+    )
 
 
 def step_metrics(t: Trainer, epoch: int, losses: list[float], every: int) -> ev.StepMetricsRecorded:
