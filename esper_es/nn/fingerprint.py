@@ -25,10 +25,16 @@ from torch import Tensor, nn
 from esper_es.core.canonical import canonical_bytes
 from esper_es.nn.placement import find_seed_layers
 
+#: `dtype_name` of each dtype met so far: a checkpoint names ~80 tensors' dtypes twice (B2).
+_DTYPE_NAMES: dict[torch.dtype, str] = {}
+
 
 def dtype_name(dtype: torch.dtype) -> str:
     """`torch.float32` -> `float32`."""
-    return str(dtype).removeprefix("torch.")
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = str(dtype).removeprefix("torch.")
+    return name
 
 
 #: dtypes numpy holds natively: a CPU tensor of one of these is read through `.numpy()`.
@@ -85,7 +91,7 @@ class TensorBytes:
 
 def _update(h: Any, key: str, dtype: str, shape: Iterable[int], data: bytes) -> None:
     # One update for the record's header (the same bytes hashed as four separate ones).
-    h.update(f"{key}\0{dtype}\0{','.join(str(int(d)) for d in shape)}\0".encode())
+    h.update(f"{key}\0{dtype}\0{','.join(map(str, map(int, shape)))}\0".encode())
     h.update(data)
 
 

@@ -81,7 +81,7 @@ class _Writer:
         return {
             "blob": self.blob(self.data(t)),
             "dtype": dtype_name(t.dtype),
-            "shape": [int(d) for d in t.shape],
+            "shape": list(map(int, t.shape)),
         }
 
     def value(self, value: Any) -> Any:
