@@ -71,6 +71,14 @@ def _insert_all(conn: sqlite3.Connection, insert: str, rows: Sequence[Sequence[A
         conn.execute(sql, [value for row in chunk for value in row])
 
 
+def _statements(rows: Sequence[Sequence[Any]]) -> int:
+    """How many INSERT statements `_insert_all` runs for `rows`."""
+    if not rows:
+        return 0
+    per = max(1, _MAX_VARIABLES // len(rows[0]))
+    return -(-len(rows) // per)
+
+
 class CommitWriter:
     """Runs jobs on one background thread, one at a time; `wait` joins the one in flight."""
 
@@ -180,9 +188,17 @@ class BackgroundCommits:
         self._staged.clear()
         self._last_append = (head[0], branch, rows, parsed_payloads(prepared, results))
 
+        # One INSERT statement is a transaction of its own (the connection autocommits): as
+        # atomic and as durable (WAL, synchronous=FULL) as `BEGIN IMMEDIATE … COMMIT` around
+        # it, and an INSERT takes the write lock as it starts, as BEGIN IMMEDIATE does. It is
+        # one call into SQLite instead of three, and each call lets go of the GIL and takes it
+        # back: on this thread every retake may wait for the training thread, which then waits
+        # in turn (a growing run commits at most boundaries, B2b). Anything more is wrapped.
+        single = not staged and _statements(rows) <= 1
+
         def commit() -> None:
             try:
-                with transaction(conn):
+                with contextlib.nullcontext() if single else transaction(conn):
                     _insert_all(conn, INSERT_EVENTS, rows)
                     _insert_all(conn, INSERT_BLOB, staged)
             except sqlite3.IntegrityError as exc:

@@ -16,6 +16,7 @@ from esper_es.core import events as ev
 from esper_es.core.envelope import NewEvent
 from esper_es.errors import StorageError
 from esper_es.store import RunDatabase, verify
+from esper_es.store.commit_writer import _statements
 from esper_es.store.sqlite_files import lock_path
 
 
@@ -121,3 +122,48 @@ def test_close_raises_a_failure_nobody_saw_and_still_lets_go(db_path: Path) -> N
     assert not lock_path(db_path).exists()
     assert verify(db_path).events == 1
     RunDatabase.open(db_path).close()  # the writer lock was released
+
+
+def _big(n: int) -> NewEvent:
+    """A run-stream event too large for the pages the file has (its payload is ~200 KB)."""
+    event = ev.EpochCompleted(
+        epoch=n,
+        step=n,
+        train_loss=1.0,
+        val_loss=1.0,
+        val_accuracy=None,
+        metrics={"x": "a" * 200_000},
+    )
+    return NewEvent(event, f"big-{n}")
+
+
+def test_a_one_statement_commit_that_fails_leaves_nothing(db_path: Path) -> None:
+    # One event, no blob: committed as a single INSERT with no BEGIN around it.
+    db = RunDatabase.create(db_path, "r")
+    db.commit_in_background()
+    db.append("run", 0, [_epoch(1)])
+    assert db.head()[0] == 1
+    _limit_growth(db)
+    assert db.append("run", 1, [_big(2)]).seqs == (2,)  # planned, not yet committed
+    with pytest.raises(StorageError, match="disk is full"):
+        db.head()
+    assert not db.connection.in_transaction
+    assert db.head()[0] == 1
+    db.connection.execute("PRAGMA max_page_count = 1000000")
+    assert db.append("run", 1, [_epoch(2)]).seqs == (2,)  # the next commit lands
+    db.close()
+    assert _committed(db_path) == [1, 2]
+    assert verify(db_path).events == 2
+
+
+@pytest.mark.parametrize("count", [1, 71, 72, 300])
+def test_commits_of_one_statement_or_several_land_whole(db_path: Path, count: int) -> None:
+    # 71 rows of 14 columns fit one statement (999 variables); more take several, in one
+    # transaction.
+    assert _statements([(0,) * 14] * count) == -(-count // 71)
+    db = RunDatabase.create(db_path, "r")
+    db.commit_in_background()
+    db.append("run", 0, [_epoch(n) for n in range(1, count + 1)])
+    db.close()
+    assert _committed(db_path) == list(range(1, count + 1))
+    assert verify(db_path).events == count
