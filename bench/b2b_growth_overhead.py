@@ -41,6 +41,7 @@ from esper_es.config import RunConfig
 from esper_es.nn.placement import find_seed_layers
 from esper_es.nn.telemetry import SeedTelemetry
 from esper_es.runtime.environment import configure_determinism, pin_threads
+from esper_es.store.database import RunDatabase
 from esper_es.trainer import boundary
 from esper_es.trainer.api import built_in_trainer
 from esper_es.trainer.own_pass import OwnPass
@@ -74,12 +75,60 @@ def default_run(width: int) -> RunConfig:
     return attrs.evolve(c, host=attrs.evolve(c.host, width=width))
 
 
-def grow(config: RunConfig, directory: str) -> tuple[float, nn.Module]:
-    """(seconds of `Trainer.run`, the final model) of one growing run."""
-    trainer = built_in_trainer(
-        config, seed=0, db_path=Path(tempfile.mkdtemp(dir=directory)) / "r.db"
-    )
-    return trainer.run().seconds, trainer.model
+def grow(config: RunConfig, directory: str) -> tuple[float, nn.Module, Path]:
+    """(seconds of `Trainer.run`, the final model, its run database) of one growing run."""
+    path = Path(tempfile.mkdtemp(dir=directory)) / "r.db"
+    trainer = built_in_trainer(config, seed=0, db_path=path)
+    return trainer.run().seconds, trainer.model, path
+
+
+#: The columns of the kernel-work table.
+WORK = (
+    "own-pass steps, kept",
+    "own-pass steps, discarded",
+    "blended steps, kept",
+    "blended steps, discarded",
+    "plain loop",
+)
+
+#: Events that end a seed's kernel (FOSSILIZED keeps it to the end of the run).
+_ENDS = ("SeedCulled", "SeedCancelled", "SeedRolledBack")
+
+
+def kernel_steps(path: Path) -> Counter[str]:
+    """Steps of kernel work in a growing run, read from its log: own-pass steps (TRAINING) and
+    blended steps (GRAFTING on), each for the kernels it kept or discarded; `plain loop`, the
+    blended steps of the plain loop of the grown architecture (its kernels, every step)."""
+    work: Counter[str] = Counter()
+    db = RunDatabase.open(path)
+    try:
+        events = [(e.stream, e.type, e.payload) for e in db.read()]
+    finally:
+        db.close()
+    end = max(int(p["step"]) for s, t, p in events if t == "EpochCompleted")
+    open_since: dict[str, dict[str, int]] = {}
+    for stream, kind, payload in events:
+        if not stream.startswith("seed:"):
+            continue
+        step = int(payload.get("step", 0))
+        if kind == "SeedTrainingStarted":
+            open_since[stream] = {"training": step}
+        elif kind == "SeedGraftingStarted":
+            open_since[stream]["blended"] = step
+        elif kind in _ENDS and stream in open_since:
+            _close(work, open_since.pop(stream), step, "discarded")
+    for since in open_since.values():
+        _close(work, since, end, "kept")
+    work["plain loop"] = end * work["grown kernels"]
+    return work
+
+
+def _close(work: Counter[str], since: dict[str, int], step: int, fate: str) -> None:
+    blended_from = since.get("blended", step)
+    work[f"own-pass steps, {fate}"] += blended_from - since["training"]
+    work[f"blended steps, {fate}"] += step - blended_from
+    if fate == "kept" and "blended" in since:
+        work["grown kernels"] += 1
 
 
 def grown(model: nn.Module) -> str:
@@ -94,11 +143,12 @@ def grown(model: nn.Module) -> str:
 
 def measure(
     width: int, reps: int, directory: str
-) -> tuple[list[float], list[float], str, list[Counter[str]]]:
-    """(growing-run seconds, plain-loop seconds, the grown kernels, their parts), interleaved."""
+) -> tuple[list[float], list[float], str, list[Counter[str]], Counter[str]]:
+    """(growing-run seconds, plain-loop seconds, the grown kernels, their parts, the kernel
+    work), interleaved."""
     config = default_run(width)
     data = digits(0)
-    _, final = grow(config, directory)  # warm-up, and the architecture it grows
+    _, final, path = grow(config, directory)  # warm-up, and the architecture it grows
     grew, plain, split = [], [], []
     for rep in range(reps):
         for which in ("grow", "plain") if rep % 2 == 0 else ("plain", "grow"):
@@ -108,7 +158,7 @@ def measure(
                 split.append(spent)
             else:
                 plain.append(clocked(plain_loop(copy.deepcopy(final), data, config, 0))[0])
-    return grew, plain, grown(final), split
+    return grew, plain, grown(final), split, kernel_steps(path)
 
 
 def main() -> int:
@@ -119,10 +169,11 @@ def main() -> int:
     args = ap.parse_args()
     pin_threads(1, None)
     configure_determinism()
-    rows, split_rows = [], []
+    rows, split_rows, work_rows = [], [], []
     with tempfile.TemporaryDirectory() as d:
         for w in (int(x) for x in args.widths.split(",")):
-            grew, plain, kernels, split = measure(w, args.reps, d)
+            grew, plain, kernels, split, work = measure(w, args.reps, d)
+            work_rows.append([f"width {w}", *(str(work[label]) for label in WORK)])
             ratios = [a / b for a, b in zip(grew, plain, strict=True)]
             rows.append([
                 f"width {w}", kernels, f"{statistics.median(grew):.3f}",
@@ -144,6 +195,12 @@ def main() -> int:
     )
     print("\nWithin the growing run (s, medians):\n")
     table(["host", "growing run", *(label for label, _, _ in PARTS)], split_rows)
+    print(
+        "\nKernel work (steps in which a kernel computes), from the growing run's log: its own"
+        " passes and its blended steps, for the kernels it kept and those it culled, against"
+        " the plain loop of the grown architecture, whose kernels compute every step:\n"
+    )
+    table(["host", *WORK], work_rows)
     return 0
 
 
