@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -63,21 +64,38 @@ TestPermissiveLifecycle.settings = settings(
 )
 
 
+def _reached(
+    config: LifecycleConfig, wanted: set[str], examples: int, first_seed: int, **kwargs: Any
+) -> set[str]:
+    """The stages reached over runs from `first_seed` on, each checked in full, until `wanted`
+    are all reached (or six runs were made).
+
+    A fixed seed does not pin hypothesis's draws: they shift with what else the process ran
+    and imported (`pytest -n 2 tests/store tests/core` drew no ROLLED_BACK from seed 7 in 150
+    permissive examples where the whole suite did), so one seed's coverage is not a test.
+    """
+    reached: set[str] = set()
+    for seed in range(first_seed, first_seed + 6):
+        result = check_lifecycle(config, examples=examples, seed=seed, **kwargs)
+        assert result.passed, result.format()
+        reached |= set(result.stages_reached)
+        if wanted <= reached:
+            break
+    return reached
+
+
 def test_permissive_run_reaches_every_stage() -> None:
     """The suite is not vacuous: full lifecycles, embargoes and releases really happen."""
-    # A fixed seed does not pin hypothesis's draws across unrelated code changes (they shift
-    # with what else the process imported), so the budget leaves room: ~40 examples usually
-    # reach every stage, 150 have in every layout tried.
-    result = check_lifecycle(PERMISSIVE, examples=150, seed=7, machine=PermissiveLifecycle)
-    assert result.passed, result.format()
-    assert set(result.stages_reached) == {s.value for s in Stage}
+    everything = {s.value for s in Stage}
+    reached = _reached(PERMISSIVE, everything, 150, 7, machine=PermissiveLifecycle)
+    assert reached == everything, f"never reached: {sorted(everything - reached)}"
 
 
 def test_default_thresholds_still_reach_fossilization() -> None:
     """With the shipped gates (20 steps of training, a 50-step embargo) seeds still get through."""
-    result = check_lifecycle(LifecycleConfig(), examples=120, seed=11)
-    assert result.passed, result.format()
-    assert {"FOSSILIZED", "EMBARGOED"} <= set(result.stages_reached)
+    wanted = {"FOSSILIZED", "EMBARGOED"}
+    reached = _reached(LifecycleConfig(), wanted, 120, 11)
+    assert wanted <= reached, f"never reached: {sorted(wanted - reached)}"
 
 
 def test_stage_counter_counts_examples() -> None:
