@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from esper_es.nn.blueprints import get_blueprint
 from esper_es.nn.errors import ShapeNotFitting, UnknownModulePath
 from esper_es.nn.modes import eval_mode
-from esper_es.nn.seed_layer import SeedLayer
+from esper_es.nn.seed_layer import SeedLayer, SeedPoint
 
 #: Activation rank -> (shape kind, channel dimension).
 _KINDS = {2: ("vector", 1), 3: ("sequence", 2), 4: ("image", 1)}
@@ -171,7 +171,8 @@ def attach_seed_layer(host: nn.Module, path: str, seed_layer: SeedLayer) -> Seed
     ref = next((p for p in module.parameters()), None)
     layer = seed_layer.to(device=ref.device) if ref is not None else seed_layer
     container[key] = layer
-    module.register_forward_hook(SeedHook(layer))
+    hook = SeedHook(layer)
+    layer.attach_point(SeedPoint(module, hook, module.register_forward_hook(hook).id))
     return layer
 
 
