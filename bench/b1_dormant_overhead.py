@@ -29,7 +29,7 @@ from esper_es.nn import (
     SeedLayerSpec,
     place_seed_layers,
 )
-from esper_es.nn.placement import SeedHook
+from esper_es.nn.placement import attach_seed_layer
 
 Step = Callable[[], None]
 
@@ -57,8 +57,11 @@ def timed(step: Step, n: int) -> float:
 def wrapper_overhead_us(layer: SeedLayer, x: Tensor) -> float:
     """Median extra microseconds a dormant seed point adds to one call of the module it wraps."""
     bare = nn.Identity()
-    wrapped = nn.Identity()  # what placement does to the module at a seed point
-    wrapped.register_forward_hook(SeedHook(layer))
+    # What placement does to the module at a seed point: a layer like `layer`, attached.
+    host = nn.Sequential(nn.Identity())
+    twin = SeedLayer(layer.name, layer.shape_kind, layer.channels, layer.num_seeds)
+    attach_seed_layer(host, "0", twin)
+    wrapped = host[0]
     diffs = []
     with torch.no_grad():
         for _ in range(300):
