@@ -11,10 +11,12 @@ their path with dots replaced by `__` (`layer1` -> `esper_seeds.layer1.alphas`,
 `blocks.0.mlp` -> `esper_seeds.blocks__0__mlp.kernels.0.…`), and a forward hook on the
 target module passes its output through the seed layer. Why a hook rather than wrapping the
 module (what placement did before): a wrapper sits at the module's path, so every key below it
-gains a component; a hook changes nothing in the module tree. While every seed is dormant the
-hook returns `None`, so the module's output is returned untouched (the identity, bit for bit),
-and the hook call replaces the wrapper's extra module call: no graph surgery, no added cost
-(B1, `bench/b1_dormant_overhead.py`). Hooks are module state: they survive `deepcopy`,
+gains a component; a hook changes nothing in the module tree. The hook is on the module only
+while its seed layer holds a kernel (`seed_layer.SeedPoint`): a module with any forward hook
+takes torch's slower call path, so a dormant seed point is no hook at all, and the module's
+output is its own, bit for bit, at no cost (B1, `bench/b1_dormant_overhead.py`); a germinated
+seed that blends nothing yet makes the hook return `None`, the output untouched. Hooks are
+module state: they survive `deepcopy`,
 pickling and `.to()`; a `forward` called directly (not through `module(...)`) skips them, as
 it skips every hook. One visible trace: a host that is itself a container (`nn.Sequential`,
 `nn.ModuleList`, `nn.ModuleDict`) lists `esper_seeds` as its last child (`len(host)` grows by
