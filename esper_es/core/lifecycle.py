@@ -322,12 +322,12 @@ def fire(
     """
     event = MACHINE.events.get(trigger)
     found = None if event is None else event.transitions.get(seed.stage)
+    cursor = GateInput(seed, command, config, layer)
     # Anything else (an unknown trigger, no transition from this stage) is the machine's to
     # refuse, in its words.
-    if not found or len(found) != 1 or not _plain(MACHINE, found[0]):
-        return _fire_machine(seed, trigger, command, config, layer)
+    if event is None or not found or len(found) != 1 or not _plain(MACHINE, found[0]):
+        return _fire_machine(seed, trigger, event, cursor)
     transition = found[0]
-    cursor = GateInput(seed, command, config, layer)
     data = _EventData(cursor)
     for condition in transition.conditions:
         check: Any = condition.func  # a function (`_plain` checked)
@@ -341,20 +341,12 @@ def fire(
     return cursor.state
 
 
-def _fire_machine(
-    seed: SeedState,
-    trigger: str,
-    command: Any,
-    config: LifecycleConfig,
-    layer: LayerState | None = None,
-) -> Stage:
+def _fire_machine(seed: SeedState, trigger: str, event: Any, cursor: GateInput) -> Stage:
     """`fire` through `transitions` itself (what `fire`'s own path must agree with)."""
-    event = MACHINE.events.get(trigger)
     if event is None:
         raise IllegalTransition(
             seed.seed, seed.stage.value, trigger, f"unknown trigger {trigger!r}"
         )
-    cursor = GateInput(seed, command, config, layer)
     try:
         moved = event.trigger(cursor)
     except MachineError:
