@@ -34,7 +34,7 @@ from esper_es.nn.resumable import (
 from esper_es.nn.seed_layer import SeedLayer
 from esper_es.trainer.tasks import output_loss
 
-__all__ = ["OwnPass", "output_loss"]
+__all__ = ["OwnPass", "output_loss", "training_slots"]
 
 if TYPE_CHECKING:
     from esper_es.trainer.loop import Trainer
@@ -44,6 +44,11 @@ Batch = Any
 OutputLoss = Callable[[Tensor, Batch], Tensor]
 #: (seed layer, slot) of each TRAINING seed, in layer and slot order.
 TrainingSeeds = list[tuple[SeedLayer, int]]
+
+
+def training_slots(t: Trainer) -> TrainingSeeds:
+    """Every TRAINING seed, whatever trains it."""
+    return [(ly, i) for ly in t.layers.values() for i in ly.kernel_slots(Stage.TRAINING)]
 
 
 class OwnPass:
@@ -60,7 +65,7 @@ class OwnPass:
         """The TRAINING seeds, if the run trains them on their own loss (else none)."""
         if t.config.train.seed_training != "own_loss":
             return []
-        return [(ly, i) for ly in t.layers.values() for i in ly.kernel_slots(Stage.TRAINING)]
+        return training_slots(t)
 
     def resumes(self, t: Trainer) -> bool:
         """Whether the pass may start at the seed points (checked once per architecture)."""

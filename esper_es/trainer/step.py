@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from esper_es.core.lifecycle import Stage
 from esper_es.nn.modes import set_mode
 from esper_es.nn.resumable import capturing
 from esper_es.runtime import dynamo_free
+from esper_es.trainer.own_pass import training_slots
 from esper_es.trainer.schedule import apply_lr, lr_factor
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ def train_step(t: Trainer, batch: Batch) -> float:
     observing = t.measures_telemetry and (t.step + 1) % driver.observe_every == 0
     signals: list[tuple[str, float]] = []
     without = math.nan
-    if training and t.config.train.seed_training == "own_loss":
+    if training:  # (`training_seeds` is empty unless the seeds train on their own loss)
         shared = observing and driver.signal_pass == "shared"
         without, signals = own.run(t, batch, training, starts, measure=shared)
         observing = observing and not shared
@@ -62,11 +62,7 @@ def train_step(t: Trainer, batch: Batch) -> float:
         t.seed_telemetry.record(seed, with_seed, without)
     if observing and t.layers:
         # Every TRAINING seed, whether or not it trains on its own loss.
-        seeds = [
-            f"{layer.name}/{i}"
-            for layer in t.layers.values()
-            for i in layer.kernel_slots(Stage.TRAINING)
-        ]
+        seeds = [f"{layer.name}/{i}" for layer, i in training or training_slots(t)]
         t.seed_telemetry.observe_all(t.model, seeds, batch, t.loss_fn, own.output_loss)
     return value
 
