@@ -28,6 +28,7 @@ from esper_es.store.chain import GENESIS
 from esper_es.store.commit_writer import BackgroundCommits, CommitWriter, LastAppend
 from esper_es.store.encoding import COLUMNS, decode_row
 from esper_es.store.encoding import encode as _encode
+from esper_es.store.known_ids import KnownIds
 from esper_es.store.protocol import Row
 from esper_es.store.records import (
     FORMAT,
@@ -111,6 +112,8 @@ class RunDatabase(BackgroundCommits, SqliteBlobs, BranchIndex):
         self._staged: dict[str, bytes] = {}
         #: Every blob key the file holds, when known without asking it (`sqlite_blobs`).
         self._blob_keys: set[str] | None = None
+        #: Every event id the file holds, when known without asking it (`store.known_ids`).
+        self._known_ids: KnownIds | None = None
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         self.meta: dict[str, str] = meta
         self.run_id: str = meta["run_id"]
@@ -156,6 +159,7 @@ class RunDatabase(BackgroundCommits, SqliteBlobs, BranchIndex):
         trail = AuditTrail(audit_path(p), run_id) if audit else None
         db = cls(p, conn, readonly=False, lock_fd=lock_fd, audit=trail)
         db._blob_keys = set()  # a new file: it holds the blobs this connection writes, only
+        db._known_ids = KnownIds()  # and the events
         return db
 
     @classmethod
@@ -370,6 +374,8 @@ class RunDatabase(BackgroundCommits, SqliteBlobs, BranchIndex):
         if rows:
             # After the commit only: a failed one leaves the file's head, and this, as they were.
             self._head = (rows[-1][0], rows[-1][-1])
+            if self._known_ids is not None:
+                self._known_ids.committed(row[1] for row in rows)
         for stream, version in new_versions.items():
             self._versions[(branch, stream)] = version
         if self._audit is not None and rows:
@@ -377,6 +383,8 @@ class RunDatabase(BackgroundCommits, SqliteBlobs, BranchIndex):
 
     def _existing(self, ids: list[str]) -> dict[str, tuple[str, str, str, int]]:
         found: dict[str, tuple[str, str, str, int]] = {}
+        if self._known_ids is not None:
+            ids = list(self._known_ids.to_ask(ids))
         for i in range(0, len(ids), _ID_CHUNK):
             chunk = ids[i : i + _ID_CHUNK]
             marks = ",".join("?" * len(chunk))
@@ -502,6 +510,8 @@ class RunDatabase(BackgroundCommits, SqliteBlobs, BranchIndex):
         with self._mutex, transaction(self._conn):
             import_rows(self._conn, rows, branches, blobs)
         self._blob_keys = None  # another store's blobs, not listed here: ask the file
+        if self._known_ids is not None:
+            self._known_ids.forget()  # and its events
         if self._audit is not None:
             # After the commit, as for every append: the trail may lag the log, never lead it.
             batch = []
