@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,7 +20,7 @@ import attrs
 import torch
 from torch import Tensor
 
-from esper_es.core.canonical import canonical_bytes
+from esper_es.core.canonical import canonical_bytes, encode_string
 from esper_es.errors import TamperDetected
 from esper_es.nn.fingerprint import BytesOf, dtype_name, tensor_bytes
 from esper_es.store.protocol import RunStore
@@ -76,29 +77,74 @@ class _Writer:
             self.db.stage_blobs(list(new.values()), list(new))
         self.named.clear()
 
-    def tensor(self, t: Tensor) -> dict[str, Any]:
+    def tensor_json(self, t: Tensor) -> str:
+        """Canonical JSON of `t`'s reference: its blob (registered), dtype and shape."""
         self.tensors += 1
-        return {
-            "blob": self.blob(self.data(t)),
-            "dtype": dtype_name(t.dtype),
-            "shape": list(map(int, t.shape)),
-        }
+        shape = ",".join([str(int(n)) for n in t.shape])
+        return (
+            f'{{"blob":"{self.blob(self.data(t))}",'
+            f'"dtype":{_dtype_json(t.dtype)},"shape":[{shape}]}}'
+        )
 
-    def value(self, value: Any) -> Any:
-        """A JSON-able mirror of `value` with every tensor replaced by a blob reference."""
+    def tensors_json(self, tensors: Mapping[str, Tensor]) -> str:
+        """Canonical JSON of `{name: tensor reference}`, tensors registered in name order."""
+        parts = [f"{encode_string(k)}:{self.tensor_json(t)}" for k, t in sorted(tensors.items())]
+        return "{" + ",".join(parts) + "}"
+
+    def value_json(self, value: Any) -> str:
+        """Canonical JSON of a mirror of `value` with every tensor replaced by a blob reference.
+
+        The mirror (what `_restore` reads back): `{"value": scalar}`, `{"tensor": reference}`,
+        `{"map": [[key, value], ...]}` for a mapping, `{"list": [...]}` for a list or tuple,
+        keys and items mirrored in turn. Written as text directly, the bytes `canonical_bytes`
+        gives for the mirror (a property test checks), without building the mirror first:
+        an optimizer's state is ~250 small objects, and building then encoding them was
+        ~0.1 ms of every snapshot (B2).
+        """
         kind = type(value)
         if kind in _SCALARS:  # exact types first: most of an optimizer's state (B2)
-            return {"value": value}
+            return f'{{"value":{_scalar_json(value)}}}'
         if isinstance(value, Tensor):
-            return {"tensor": self.tensor(value)}
+            return f'{{"tensor":{self.tensor_json(value)}}}'
         if kind is dict or (kind not in _SEQUENCES and isinstance(value, Mapping)):
             # dict first: ABC checks are slow
-            return {"map": [[self.value(k), self.value(v)] for k, v in value.items()]}
+            pairs = [f"[{self.value_json(k)},{self.value_json(v)}]" for k, v in value.items()]
+            return '{"map":[' + ",".join(pairs) + "]}"
         if isinstance(value, list | tuple):
-            return {"list": [self.value(v) for v in value]}
+            return '{"list":[' + ",".join([self.value_json(v) for v in value]) + "]}"
         if value is None or isinstance(value, bool | int | float | str):
-            return {"value": value}
+            return f'{{"value":{_scalar_json(value)}}}'
         raise TypeError(f"cannot snapshot a {type(value).__name__}")
+
+
+#: `encode_string(dtype_name(dtype))` per dtype met.
+_DTYPE_JSON: dict[torch.dtype, str] = {}
+
+
+def _dtype_json(dtype: torch.dtype) -> str:
+    text = _DTYPE_JSON.get(dtype)
+    if text is None:
+        text = _DTYPE_JSON[dtype] = encode_string(dtype_name(dtype))
+    return text
+
+
+def _scalar_json(value: Any) -> str:
+    """A JSON scalar as json's C encoder writes it with `allow_nan=False` (same checks, order)."""
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, str):
+        return encode_string(value)
+    if isinstance(value, int):
+        return int.__repr__(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"Out of range float values are not JSON compliant: {value!r}")
+        return float.__repr__(value)
+    raise TypeError(f"cannot snapshot a {type(value).__name__}")
 
 
 def write_snapshot(
@@ -126,16 +172,20 @@ def write_snapshot(
     )
     w = _Writer(db, data)
     # The tensor references live in their own blob, so that a snapshot of unchanged state
-    # shares it too and adds only the small top-level manifest.
-    state = {
-        "model": {k: w.tensor(t) for k, t in sorted(model_state.items())},
-        "optimizer": w.value(optimizer_state),
-        "rng": w.blob(rng_state),
-        "grads": {k: w.tensor(t) for k, t in sorted((grads or {}).items())},
-    }
+    # shares it too and adds only the small top-level manifest. Its canonical JSON, written
+    # directly: `{"grads": …, "model": …, "optimizer": …, "rng": …}` (keys sorted), the
+    # blobs named in the order model, optimizer, rng, grads.
+    model_json = w.tensors_json(model_state)
+    optimizer_json = w.value_json(optimizer_state)
+    rng_key = w.blob(rng_state)
+    grads_json = w.tensors_json(grads or {})
+    state = (
+        f'{{"grads":{grads_json},"model":{model_json},'
+        f'"optimizer":{optimizer_json},"rng":"{rng_key}"}}'
+    )
     manifest = {
         "format": SNAPSHOT_FORMAT,
-        "state": w.blob(canonical_bytes(state)),
+        "state": w.blob(state.encode("utf-8")),
         "position": dict(position),
         # Its own blob too: trainer state that did not change is not stored again (B8).
         "extra": w.blob(canonical_bytes(dict(extra or {}))),
@@ -216,12 +266,9 @@ def write_weights(db: RunStore | None, state: Mapping[str, Tensor]) -> str:
     unchanged tensors are shared with the run's later snapshots.
     """
     w = _Writer(db)
-    manifest = {
-        "format": SNAPSHOT_FORMAT,
-        "kind": "weights",
-        "model": {k: w.tensor(t) for k, t in sorted(state.items())},
-    }
-    key = w.blob(canonical_bytes(manifest))
+    # Canonical JSON of `{"format": …, "kind": "weights", "model": {name: reference}}`.
+    manifest = f'{{"format":{SNAPSHOT_FORMAT},"kind":"weights","model":{w.tensors_json(state)}}}'
+    key = w.blob(manifest.encode("utf-8"))
     w.flush()
     return key
 
