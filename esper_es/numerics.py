@@ -32,6 +32,7 @@ which says what to do). This module must therefore never import torch at module 
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import sys
@@ -150,7 +151,8 @@ def activate(mode: str) -> None:
     torch._C._set_nnpack_enabled(on)
 
 
-def _cpuinfo() -> dict[str, str]:
+@functools.cache  # read once a process: a run's start read it twice (B2)
+def _cpuinfo() -> Mapping[str, str]:
     fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
