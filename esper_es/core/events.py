@@ -517,6 +517,14 @@ _FAST_KINDS: Mapping[Any, tuple[str, str]] = {
     "float | None": ("({n} is None or type({n}) is float)", "{n}"),
     "dict[str, Any]": (_STR_DICT, "dict({n})"),
     "dict[str, str]": (_STR_STR_DICT, "dict({n})"),
+    # cattrs builds `[int(x) for x in v]`: for items already of that exact type, a copy.
+    "list[int]": ("type({n}) is list and all(type(x) is int for x in {n})", "list({n})"),
+    "list[float]": ("type({n}) is list and all(type(x) is float for x in {n})", "list({n})"),
+    "list[float | None]": (
+        "type({n}) is list and all(x is None or type(x) is float for x in {n})",
+        "list({n})",
+    ),
+    "list[str]": ("type({n}) is list and all(type(x) is str for x in {n})", "list({n})"),
 }
 
 

@@ -299,12 +299,20 @@ def test_from_payload_matches_cattrs(event: ev.Event) -> None:
             {"epoch": 1, "step": 2, "fingerprint": "f", "optimizer_fingerprint": "o",
              "rng": {"torch_cpu": 7}, "snapshot": None, "tensors": {}},
         ),
+        (
+            "StepMetricsRecorded",
+            {"epoch": 1, "step": 4, "steps": [2, 4], "train_loss": [0.5, None], "lr": [0.1, 0.2]},
+        ),
+        (
+            "StepMetricsRecorded",  # an int in a `list[float]`: cattrs makes it a float
+            {"epoch": 1, "step": 4, "steps": [2, 4], "train_loss": [1, None], "lr": [1, 0.2]},
+        ),
     ],
 )  # fmt: skip
 def test_optional_and_str_table_fields_structure_like_cattrs(
     type_name: str, payload: dict[str, Any]
 ) -> None:
-    """The fast structurer's `str | None`, `float | None` and `dict[str, str]` fields."""
+    """The fast structurer's `str | None`, `float | None`, `dict[str, str]` and list fields."""
     assert type_name in ev._FAST_STRUCTURE
     got = ev.from_payload(type_name, payload)
     want = ev._converter.structure(dict(payload), ev.EVENT_TYPES[type_name])
