@@ -150,7 +150,12 @@ def model_fingerprint(model: nn.Module) -> str:
     return state_dict_fingerprint(model.state_dict())
 
 
+_SCALARS = frozenset({type(None), bool, int, float, str})
+
+
 def _jsonable(value: Any) -> Any:
+    if type(value) in _SCALARS:  # exact types first: most of a param group (ABC checks are slow)
+        return value
     if isinstance(value, Tensor):
         return value.tolist()
     if isinstance(value, Mapping):

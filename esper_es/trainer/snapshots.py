@@ -58,8 +58,10 @@ class _Writer:
         #: Every blob this snapshot names, by key; `flush` stores those not stored yet.
         self.named: dict[str, bytes] = {}
 
-    def blob(self, data: bytes) -> str:
-        key = hashlib.sha256(data).hexdigest()
+    def blob(self, data: bytes, key: str | None = None) -> str:
+        """Name `data` (by `key`, its SHA-256, when known) as one of this snapshot's blobs."""
+        if key is None:
+            key = hashlib.sha256(data).hexdigest()
         self.total_bytes += len(data)
         if self.db is not None:
             self.named.setdefault(key, data)
@@ -80,7 +82,11 @@ class _Writer:
     def tensor_json(self, t: Tensor) -> str:
         """Canonical JSON of `t`'s reference: its blob (registered), dtype and shape."""
         self.tensors += 1
-        shape = ",".join([str(int(n)) for n in t.shape])
+        shape = _SHAPES.get(t.shape)
+        if shape is None:
+            shape = ",".join([str(int(n)) for n in t.shape])
+            if len(_SHAPES) < 10_000:
+                _SHAPES[t.shape] = shape
         return (
             f'{{"blob":"{self.blob(self.data(t))}",'
             f'"dtype":{_dtype_json(t.dtype)},"shape":[{shape}]}}'
@@ -116,6 +122,24 @@ class _Writer:
             return f'{{"value":{_scalar_json(value)}}}'
         raise TypeError(f"cannot snapshot a {type(value).__name__}")
 
+
+#: The last RNG state blob and its key: it is most often the very bytes object of the
+#: snapshot before (`encode_rng_state` keeps it while the state is unchanged), ~20 kB hashed
+#: again at every checkpoint otherwise (B2). Kept alive here, so `is` is exact.
+_LAST_RNG: list[tuple[bytes, str]] = []
+
+
+def _rng_key(data: bytes) -> str:
+    """`sha256(data).hexdigest()`, not computed again for the RNG blob of the last snapshot."""
+    if _LAST_RNG and _LAST_RNG[0][0] is data:
+        return _LAST_RNG[0][1]
+    key = hashlib.sha256(data).hexdigest()
+    _LAST_RNG[:] = [(data, key)]
+    return key
+
+
+#: The JSON array body of each shape met (`4,1,3,3`); bounded by the distinct shapes.
+_SHAPES: dict[tuple[int, ...], str] = {}
 
 #: `encode_string(dtype_name(dtype))` per dtype met.
 _DTYPE_JSON: dict[torch.dtype, str] = {}
@@ -177,7 +201,7 @@ def write_snapshot(
     # blobs named in the order model, optimizer, rng, grads.
     model_json = w.tensors_json(model_state)
     optimizer_json = w.value_json(optimizer_state)
-    rng_key = w.blob(rng_state)
+    rng_key = w.blob(rng_state, _rng_key(rng_state))
     grads_json = w.tensors_json(grads or {})
     state = (
         f'{{"grads":{grads_json},"model":{model_json},'

@@ -3,6 +3,7 @@ must be exactly the canonical JSON of the mirror `read_snapshot` parses, for any
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -17,7 +18,7 @@ from torch import Tensor
 
 from esper_es.core.canonical import canonical_bytes
 from esper_es.nn.fingerprint import dtype_name
-from esper_es.trainer.snapshots import _Writer
+from esper_es.trainer.snapshots import _rng_key, _Writer
 
 
 class Kind(IntEnum):
@@ -94,3 +95,9 @@ def test_a_non_finite_number_is_refused_as_canonical_json_refuses_it(bad: float)
 def test_an_unknown_value_is_refused() -> None:
     with pytest.raises(TypeError):
         _Writer(None).value_json({"x": object()})
+
+
+def test_the_rng_blob_key_is_its_sha256_whether_kept_or_not() -> None:
+    first, second = b"rng state" * 100, b"another state" * 100
+    for data in (first, first, second, first):
+        assert _rng_key(data) == hashlib.sha256(data).hexdigest()
