@@ -131,8 +131,9 @@ _LAST_RNG: list[tuple[bytes, str]] = []
 
 def _rng_key(data: bytes) -> str:
     """`sha256(data).hexdigest()`, not computed again for the RNG blob of the last snapshot."""
-    if _LAST_RNG and _LAST_RNG[0][0] is data:
-        return _LAST_RNG[0][1]
+    last = _LAST_RNG[-1] if _LAST_RNG else None  # one read: another thread may replace it
+    if last is not None and last[0] is data:
+        return last[1]
     key = hashlib.sha256(data).hexdigest()
     _LAST_RNG[:] = [(data, key)]
     return key
