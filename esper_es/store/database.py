@@ -160,6 +160,7 @@ class RunDatabase(BackgroundCommits, SqliteBlobs, BranchIndex):
         db = cls(p, conn, readonly=False, lock_fd=lock_fd, audit=trail)
         db._blob_keys = set()  # a new file: it holds the blobs this connection writes, only
         db._known_ids = KnownIds()  # and the events
+        db._head = (0, GENESIS)  # none yet: its first reads need no query (B2)
         return db
 
     @classmethod
@@ -284,7 +285,8 @@ class RunDatabase(BackgroundCommits, SqliteBlobs, BranchIndex):
 
     def head_seq(self, branch: str | None = None) -> int:
         """The last seq visible from `branch` (the whole file when None)."""
-        if branch is None:
+        if branch is None or (branch == MAIN and self._head is not None and self._only_main()):
+            # With `main` the only branch, every event is on it: the file's head, known.
             return self.head()[0]
         best = 0
         # Walked back from the end by rowid (`+branch`: not through the branch's index
@@ -302,6 +304,8 @@ class RunDatabase(BackgroundCommits, SqliteBlobs, BranchIndex):
         if cached is not None:
             return cached
         version = 0
+        if self._known_empty():
+            return version
         for cond, args in self.lineage_levels(branch):
             sql = f"SELECT MAX(stream_version) FROM events WHERE stream = ? AND {cond}"
             found = self._conn.execute(sql, [stream, *args]).fetchone()[0]
@@ -311,6 +315,13 @@ class RunDatabase(BackgroundCommits, SqliteBlobs, BranchIndex):
         if not self.readonly:
             self._versions[key] = version
         return version
+
+    def _known_empty(self) -> bool:
+        """Whether this writer knows without a query that the file holds no event yet."""
+        return self._head is not None and self.head()[0] == 0
+
+    def _only_main(self) -> bool:
+        return len(self._branches) == 1 and MAIN in self._branches
 
     # --- appending --------------------------------------------------------------------
 
@@ -408,6 +419,8 @@ class RunDatabase(BackgroundCommits, SqliteBlobs, BranchIndex):
         types: Sequence[str] | None = None,
     ) -> Iterator[RecordedEvent]:
         """Events in seq order, upcast and schema-checked; `branch=None` reads the whole file."""
+        if self._known_empty():
+            return  # a new run's first reads (its bus, the recorder): nothing to ask the file
         clauses = ["seq >= ?"]
         args: list[Any] = [from_seq]
         if to_seq is not None:

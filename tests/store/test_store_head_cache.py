@@ -84,3 +84,36 @@ def test_an_imported_log_moves_the_head(tmp_path: Path) -> None:
     assert copy.head() == source.head() == _file_head(tmp_path / "b.db")
     source.close()
     copy.close()
+
+
+def _event_queries(db: RunDatabase) -> list[str]:
+    seen: list[str] = []
+    db.connection.set_trace_callback(
+        lambda sql: seen.append(sql) if sql.startswith("SELECT") and "events" in sql else None
+    )
+    return seen
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_a_created_store_answers_reads_it_knows_without_a_query(
+    db_path: Path, background: bool
+) -> None:
+    db = RunDatabase.create(db_path, "r")
+    if background:
+        db.commit_in_background()
+    queries = _event_queries(db)
+    # Empty: nothing to read, every stream at version 0, the head known.
+    assert list(db.read()) == [] and list(db.read(stream="run")) == []
+    assert db.stream_version("run") == 0 and db.head_seq("main") == 0
+    db.append("run", 0, [_epoch(1), _epoch(2)])
+    # Only `main`: its head is the file's.
+    assert db.head_seq("main") == 2 == db.head_seq()
+    assert queries == []
+    assert [r.seq for r in db.read()] == [1, 2]  # not empty any more: read from the file
+    assert queries
+    db.open_branch("b", "main", 1)
+    db.append("run", 1, [_epoch(9)], branch="b")
+    assert db.head_seq("main") == 2 and db.head_seq("b") == 3  # asked, branch by branch
+    db.close()
+    with RunDatabase.open(db_path, readonly=True) as back:
+        assert back.head_seq("main") == 2 and back.head_seq("b") == 3
