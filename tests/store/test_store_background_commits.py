@@ -7,6 +7,7 @@ by another connection's write lock, and made to fail with SQLite's page limit (S
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from esper_es.core import events as ev
 from esper_es.core.envelope import NewEvent
 from esper_es.errors import StorageError
 from esper_es.store import RunDatabase, verify
-from esper_es.store.commit_writer import _statements
+from esper_es.store.commit_writer import CommitWriter, _statements
 from esper_es.store.sqlite_files import lock_path
 
 
@@ -167,3 +168,18 @@ def test_commits_of_one_statement_or_several_land_whole(db_path: Path, count: in
     db.close()
     assert _committed(db_path) == list(range(1, count + 1))
     assert verify(db_path).events == count
+
+
+def test_the_writer_thread_starts_without_the_caller_waiting_and_closes_at_once() -> None:
+    """Started by a helper (`CommitWriter.__init__`); jobs run in order whether the thread
+    was up before the first `submit` or not, and a writer closed at once stops cleanly."""
+    for _ in range(20):
+        CommitWriter("t").close()  # the helper may run after the close: nothing raised
+    writer = CommitWriter("t")
+    done: list[int] = []
+    for n in range(5):
+        writer.submit(functools.partial(done.append, n))
+    writer.close()
+    assert done == [0, 1, 2, 3, 4]
+    with pytest.raises(RuntimeError):
+        writer.submit(lambda: None)
