@@ -43,7 +43,10 @@ QUICK += '\n[seeds]\nblueprints = ["lora"]\n'
 def _config(compile_: bool, epochs: int = 3) -> RunConfig:
     text = QUICK.replace("epochs = 3", f"epochs = {epochs}")
     text += f"\n[library]\ncompile = {'true' if compile_ else 'false'}\n"
-    return config_from_dict(tomllib.loads(text))
+    config = config_from_dict(tomllib.loads(text))
+    # The separate signal measurement runs TRAINING kernels under no_grad: with it these short
+    # runs serve both of a kernel's variants (grad and no_grad) before any kernel blends.
+    return attrs.evolve(config, driver=attrs.evolve(config.driver, signal_pass="separate"))
 
 
 def _compile_off(config: RunConfig, seed: int, db: Path) -> Trainer:
