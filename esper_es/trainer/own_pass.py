@@ -107,9 +107,8 @@ class OwnPass:
             return without, signals
         with eval_mode(t.model):
             if measure:
-                # TRAINING kernels are out of the forward pass here (`isolated_training` is off).
                 with torch.no_grad(), torch.random.fork_rng(devices=[]):
-                    without = float(t.loss_fn(t.model, batch))
+                    without = float(self._loss_without(t, batch, starts))
             for layer, i in training:
                 kernel = layer.kernel(i)
                 assert kernel is not None  # a TRAINING slot holds its kernel (L4)
@@ -121,6 +120,20 @@ class OwnPass:
                 for p, g in zip(params, grads, strict=True):
                     p.grad = None if g is None else g.detach()
         return without, signals
+
+    def _loss_without(self, t: Trainer, batch: Batch, starts: Mapping[str, Tensor]) -> Tensor:
+        """The loss of the model as it stands (TRAINING kernels are out of its forward here:
+        `isolated_training` is off). From a seed point where the pass may start, it is the
+        training pass's activation there through the rest of the host: the same bits as from
+        the input (`nn.resumable`), minus the layers before it. It takes the last such point
+        in `t.layers` order (placement order, the host's order for the built-in configs)."""
+        if self.output_loss is not None:
+            for layer in reversed(t.layers.values()):
+                start = starts.get(layer.name)
+                if start is not None:
+                    return self.output_loss(output_from(t.model, layer, start), batch)
+        loss: Tensor = t.loss_fn(t.model, batch)
+        return loss
 
     def _own_loss(
         self, t: Trainer, batch: Batch, layer: SeedLayer, i: int, start: Tensor | None

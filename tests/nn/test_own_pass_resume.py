@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import struct
 from typing import Any
 
 import pytest
@@ -35,15 +36,18 @@ Grads = tuple[dict[str, bytes], dict[str, bytes]]
 
 
 def step(model: nn.Module, batch: Any, own: OwnPass) -> tuple[Grads, list[str]]:
-    """A trainer step's passes on `model`: ((host, kernel gradients) as bits, layers resumed)."""
+    """A trainer step's passes on `model`: ((host, kernel gradients and the shared pass's
+    measurement) as bits, layers resumed)."""
     t = own_pass_trainer(model, find_seed_layers(model), classification_loss)
     model.train()
     training = own.training_seeds(t)
     with capturing(own.start_points(t, training)) as starts:
         loss = classification_loss(model, batch)
     loss.backward()  # type: ignore[no-untyped-call]
-    own.run(t, batch, training, starts)
-    kernels = {
+    without, signals = own.run(t, batch, training, starts, measure=True)
+    measured = {seed: struct.pack("<d", value) for seed, value in signals}
+    measured["without"] = struct.pack("<d", without)
+    kernels = measured | {
         f"{name}/{i}/{pname}": bits(p.grad) if p.grad is not None else b"none"
         for name, layer in t.layers.items()
         for i in range(layer.num_seeds)
@@ -86,6 +90,30 @@ def test_a_blending_seed_before_the_point_is_in_the_activation_the_pass_starts_f
     full, _ = step(copy.deepcopy(model), batch, OwnPass(None))
     assert at == ["layer2"] and resumed == full
     assert any(v != b"none" for v in resumed[1].values())
+
+
+def test_the_loss_without_the_seeds_resumes_after_a_seed_blending_at_its_point() -> None:
+    # The shared measurement's loss without the TRAINING seeds starts at the last point where a
+    # seed trains: a kernel blending in that same seed layer must be in it.
+    model, _ = grown_digits(
+        {"layer1": 1, "layer2": 2},
+        [
+            ("layer1/0", "mlp", 5, None),
+            ("layer2/0", "conv3x3", 4, 0.5),
+            ("layer2/1", "lora", 2, None),
+        ],
+        host_seed=2,
+    )
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(8, 1, 8, 8, generator=g)
+    batch = (x, targets(x, g))
+    resumed, at = step(copy.deepcopy(model), batch, OwnPass(RESUMING))
+    full, _ = step(copy.deepcopy(model), batch, OwnPass(None))
+    assert at == ["layer1", "layer2"] and resumed == full
+    blended = copy.deepcopy(model)
+    find_seed_layers(blended)["layer2"].set_alpha(0, 0.0)
+    unblended, _ = step(blended, batch, OwnPass(None))
+    assert unblended[1]["without"] != full[1]["without"]  # the blending kernel counts
 
 
 def test_a_capture_changed_in_place_is_not_used() -> None:
