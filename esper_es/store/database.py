@@ -4,7 +4,8 @@ Writes go through `append` / `append_batch`, one `BEGIN IMMEDIATE` transaction e
 batch is atomic and a crash loses at most the transaction in flight (WAL, synchronous=FULL).
 One writer at a time is enforced by an exclusive `flock` on `<db>.lock`; readers open the
 file read-only and never take it. File handling lives in `sqlite_files`, the append decision
-(shared with PostgreSQL) in `appending`.
+(shared with PostgreSQL) in `appending`, the raw reads of `verify` and `copy` in
+`sqlite_inspection`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import sqlite_utils
 
 from esper_es.core.envelope import NewEvent, RecordedEvent
-from esper_es.errors import ConcurrencyError, NotARunDatabase, TamperDetected
+from esper_es.errors import ConcurrencyError, NotARunDatabase
 from esper_es.store.appending import Prepared, parsed_payloads, plan_for, prepare
 from esper_es.store.audit import AuditTrail
 from esper_es.store.branching import BranchIndex
@@ -44,7 +45,6 @@ from esper_es.store.sqlite_files import (
     INSERT_EVENTS,
     SqliteSession,
     audit_path,
-    check_file_end,
     check_format,
     check_run_database_file,
     connect,
@@ -58,6 +58,7 @@ from esper_es.store.sqlite_files import (
     take_writer_lock,
     transaction,
 )
+from esper_es.store.sqlite_inspection import SqliteInspection
 
 #: Names other modules (and tests) import from here.
 __all__ = [
@@ -81,7 +82,7 @@ __all__ = [
 _ID_CHUNK = 900  # ids per `IN (...)` query, well under SQLite's variable limit
 
 
-class RunDatabase(BackgroundCommits, SqliteBlobs, BranchIndex):
+class RunDatabase(BackgroundCommits, SqliteBlobs, SqliteInspection, BranchIndex):
     """The SQLite run store: one file per run (the default backend of `RunStore`)."""
 
     backend = "sqlite"
@@ -445,71 +446,6 @@ class RunDatabase(BackgroundCommits, SqliteBlobs, BranchIndex):
         for row in self._conn.execute(sql, args):
             yield decode_row(row)
 
-    # --- what verify and copy read ---------------------------------------------------
-
-    @property
-    def sql(self) -> SqliteSession:
-        """The side tables' SQL session (signatures, kernel artifacts and outcomes)."""
-        return self._sql
-
-    def rows(self, from_seq: int = 1) -> Iterator[Row]:
-        """Every raw row from `from_seq` on, in seq order, unchecked (for verify and copy)."""
-        return iter_rows(self._conn, from_seq)
-
-    def event_at(self, seq: int) -> Row | None:
-        """The raw row at `seq`, if there is one."""
-        row = self._conn.execute(f"SELECT {COLUMNS} FROM events WHERE seq=?", (seq,)).fetchone()
-        return tuple(row) if row is not None else None
-
-    def seq_of_hash(self, hash_hex: str) -> int | None:
-        """The seq of the event whose hash is `hash_hex`, if any."""
-        row = self._conn.execute("SELECT seq FROM events WHERE hash=?", (hash_hex,)).fetchone()
-        return int(row[0]) if row is not None else None
-
-    def blob_rows(self) -> Iterator[tuple[str, int, bytes]]:
-        """Every stored blob as `(key, size, data)`, unchecked."""
-        for key, size, data in self._conn.execute("SELECT key, size, data FROM blobs"):
-            yield key, size, bytes(data)
-
-    def missing_triggers(self) -> list[str]:
-        """The append-only triggers that are not installed."""
-        present = {
-            r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type='trigger'")
-        }
-        return [t for t in TRIGGERS if t not in present]
-
-    def check_storage(self) -> None:
-        """SQLite's own check, and nothing after the file's last page (SQLite ignores it)."""
-        quick = self._conn.execute("PRAGMA quick_check").fetchone()[0]
-        if quick != "ok":
-            raise TamperDetected(None, f"SQLite integrity check failed: {quick}")
-        self.check_file_end()
-
-    def check_file_end(self) -> None:
-        """TamperDetected if bytes follow the database's last page (put there by someone else)."""
-        check_file_end(self._conn, self.path)
-
-    def audit_lines(self) -> Iterator[str] | None:
-        """The lines of `<db>.audit.jsonl`, or None when there is no trail."""
-        self._settle()  # the commit in flight writes its lines
-        trail = audit_path(self.path)
-        if not trail.exists():
-            return None
-        return _lines(trail)
-
-    def storage_bytes(self) -> int:
-        """The database file, its write-ahead log and its audit trail, in bytes."""
-        self._settle()
-        total = 0
-        for path in (
-            self.path,
-            self.path.with_name(self.path.name + "-wal"),
-            audit_path(self.path),
-        ):
-            with contextlib.suppress(FileNotFoundError):
-                total += path.stat().st_size
-        return total
-
     def import_log(
         self,
         rows: Iterator[Row],
@@ -544,8 +480,3 @@ class RunDatabase(BackgroundCommits, SqliteBlobs, BranchIndex):
     def _require_writer(self) -> None:
         if self.readonly:
             raise PermissionError(f"{self.path} is open read-only")
-
-
-def _lines(path: Path) -> Iterator[str]:
-    with path.open(encoding="utf-8") as fh:
-        yield from fh
