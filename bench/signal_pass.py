@@ -5,7 +5,7 @@ seed in each mode, back to back: the mean paired difference (shared - separate) 
 validation accuracy and loss with its standard error, and the median per-seed ratio of the
 training seconds (shared ÷ separate). The modes change which decisions a run makes, so the
 accuracy comparison needs many seeds: one seed's difference is mostly which kernels it kept.
-Chose the default (docs/training.md): 144 seeds at width 4, 36 at width 64.
+Chose the default (docs/training.md): 144 seeds at width 4, 72 at width 64.
 
     .venv/bin/python bench/signal_pass.py [--seeds 0-47] [--width 4]
 """

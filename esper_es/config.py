@@ -170,8 +170,8 @@ class DriverConfig:
     stepped on (one no-grad forward in all, for the loss without); `separate`, in no-grad
     forward passes of its own after the step (one per seed, plus the loss without).
     `separate` costs a width-4 default run ~8 % more time and ended 144 digits master seeds
-    no more accurate (shared - separate: -0.006 pp, SE 0.051; width 64, 36 seeds: -0.05 pp,
-    SE 0.11; docs/training.md). `straight_through` always measures separately."""
+    no more accurate (shared - separate: -0.006 pp, SE 0.051; width 64, 72 seeds: +0.015 pp,
+    SE 0.077; docs/training.md). `straight_through` always measures separately."""
     diverged_ratio: float = attrs.field(default=2.0, validator=v.ge(0.0))
     """Cull a TRAINING seed as soon as it may leave TRAINING if the loss with it at full weight
     is still this many times the loss without it (EMAs): its kernel diverged or never learned
