@@ -77,17 +77,24 @@ def test_l8_the_resumed_own_pass_gives_the_full_pass_bits_and_leaves_the_host_al
     assert resumed[0] == host_grads(plain)
 
 
+def resumed_and_full(model: nn.Module, seed: int) -> tuple[Grads, list[str], Grads, Any]:
+    """A digits batch drawn from `seed` through `step` resumed and from the input: (resumed
+    bits, layers resumed, full-pass bits, the batch)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(8, 1, 8, 8, generator=g)
+    batch = (x, targets(x, g))
+    resumed, at = step(copy.deepcopy(model), batch, OwnPass(RESUMING))
+    full, _ = step(copy.deepcopy(model), batch, OwnPass(None))
+    return resumed, at, full, batch
+
+
 def test_a_blending_seed_before_the_point_is_in_the_activation_the_pass_starts_from() -> None:
     model, _ = grown_digits(
         {"layer1": 1, "layer2": 1},
         [("layer1/0", "conv3x3", 4, 0.5), ("layer2/0", "mlp", 5, None)],
         host_seed=1,
     )
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(8, 1, 8, 8, generator=g)
-    batch = (x, targets(x, g))
-    resumed, at = step(copy.deepcopy(model), batch, OwnPass(RESUMING))
-    full, _ = step(copy.deepcopy(model), batch, OwnPass(None))
+    resumed, at, full, _ = resumed_and_full(model, 0)
     assert at == ["layer2"] and resumed == full
     assert any(v != b"none" for v in resumed[1].values())
 
@@ -104,11 +111,7 @@ def test_the_loss_without_the_seeds_resumes_after_a_seed_blending_at_its_point()
         ],
         host_seed=2,
     )
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(8, 1, 8, 8, generator=g)
-    batch = (x, targets(x, g))
-    resumed, at = step(copy.deepcopy(model), batch, OwnPass(RESUMING))
-    full, _ = step(copy.deepcopy(model), batch, OwnPass(None))
+    resumed, at, full, batch = resumed_and_full(model, 1)
     assert at == ["layer1", "layer2"] and resumed == full
     blended = copy.deepcopy(model)
     find_seed_layers(blended)["layer2"].set_alpha(0, 0.0)
