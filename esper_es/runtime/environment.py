@@ -222,15 +222,11 @@ def _process_fields() -> dict[str, Any]:
 def capture_environment(device: str | torch.device = "cpu") -> dict[str, Any]:
     """The environment for `RunStarted` (SPEC §5); JSON-serialisable, fields in the module doc."""
     dev = torch.device(device)
-    fixed = _process_fields()
     env: dict[str, Any] = {
         "environment_schema": ENVIRONMENT_SCHEMA,
-        "python_version": fixed["python_version"],
-        "python_implementation": fixed["python_implementation"],
-        "python_build": fixed["python_build"],
-        "torch_version": fixed["torch_version"],
-        "numpy_version": fixed["numpy_version"],
-        "esper_es_version": fixed["esper_es_version"],
+        **_process_fields(),
+        "cpu": copy.deepcopy(_process_fields()["cpu"]),  # the caller's own: it may change it
+        # What a run's settings can change, read at every call.
         "torch_num_threads": torch.get_num_threads(),
         "torch_num_interop_threads": torch.get_num_interop_threads(),
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
@@ -244,24 +240,10 @@ def capture_environment(device: str | torch.device = "cpu") -> dict[str, Any]:
         "device": dev.type,
         **_cuda_fields(dev),
         "cuda_available": torch.cuda.is_available(),
-        "platform_system": fixed["platform_system"],
-        "platform_machine": fixed["platform_machine"],
-        "platform_release": fixed["platform_release"],
-        "libc": fixed["libc"],
         "cpu_capability": str(torch.backends.cpu.get_cpu_capability()),
-        "cpu_model": fixed["cpu_model"],
-        "cpu_count": fixed["cpu_count"],
-        "mkl_available": fixed["mkl_available"],
-        "mkldnn_available": fixed["mkldnn_available"],
         "mkldnn_enabled": bool(torch.backends.mkldnn.enabled),
         "nnpack_enabled": bool(torch._C._get_nnpack_enabled()),
-        "blas_build": fixed["blas_build"],
-        "onednn_build": fixed["onednn_build"],
         "numerics": current_numerics(),
-        "cpu": copy.deepcopy(fixed["cpu"]),  # the caller's own: it may change its copy
-        "openmp_available": fixed["openmp_available"],
-        "aten_parallel_backend": fixed["aten_parallel_backend"],
-        "torch_build_digest": fixed["torch_build_digest"],
         "numerics_env": {name: os.environ.get(name) for name in NUMERICS_ENV_VARS},
         "python_hash_seed": os.environ.get("PYTHONHASHSEED"),
     }
